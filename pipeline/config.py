@@ -1,0 +1,367 @@
+"""Typed, validated parameters.
+
+`params.yaml` holds the paper's configuration, one section per stage, plus a `profiles`
+table: a profile lists only the dotted keys it changes (`train.epochs: 20`). The effective
+configuration is built in three layers, each validated the same way:
+
+    paper values (the sections)  <-  profiles[profile]  <-  --set key=value
+
+Library code never reads `params.yaml`; stages call `load_config` and hand the relevant
+section (a frozen dataclass) to the library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pipeline.errors import UserError
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("bf16", "fp32")
+
+
+class ConfigError(UserError):
+    """A parameter is unknown, of the wrong type or out of range; the message names it."""
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """Where the Washington RGB-D evaluation subset comes from.
+
+    `source: synthetic` generates the bundled synthetic set in the same layout and archive
+    format instead, so every later stage runs the same code on both.
+    """
+
+    source: Literal["washington", "synthetic"] = "washington"
+    url: str = (
+        "https://rgbd-dataset.cs.washington.edu/dataset/rgbd-dataset_eval/rgbd-dataset_eval.zip"
+    )
+    splits_url: str = (
+        "https://rgbd-dataset.cs.washington.edu/dataset/rgbd-dataset_eval/testinstance_ids.txt"
+    )
+    size: int = 673_456_874  # bytes; 0 = unknown
+    sha256: str = ""  # empty = not checked
+    retries: int = 5
+    timeout_s: float = 60.0
+    synthetic_seed: int = 0
+    synthetic_categories: int = 8  # the synthetic set's own category count
+    synthetic_instances: int = 3  # per category
+    synthetic_frames: int = 6  # per video (videos 1, 2, 4)
+
+    def check(self) -> None:
+        _require(self.size >= 0, "download.size", self.size, "an integer >= 0 (0 = unknown)")
+        _require(
+            self.sha256 == "" or (len(self.sha256) == 64 and _is_hex(self.sha256)),
+            "download.sha256", self.sha256, "empty or 64 hexadecimal digits",
+        )
+        _require(self.retries >= 0, "download.retries", self.retries, "an integer >= 0")
+        _require(self.timeout_s > 0, "download.timeout_s", self.timeout_s, "a number > 0")
+        _require(self.synthetic_categories >= 2, "download.synthetic_categories",
+                 self.synthetic_categories, "an integer >= 2")
+        _require(self.synthetic_instances >= 2, "download.synthetic_instances",
+                 self.synthetic_instances, "an integer >= 2 (one is held out per trial)")
+        _require(self.synthetic_frames >= 1, "download.synthetic_frames",
+                 self.synthetic_frames, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    size: int = 148  # Appendix A: the longer side is scaled to 148 px
+    max_skip_fraction: float = 0.01  # fail if more frames than this are unreadable
+    workers: int = 0  # 0 = one per core
+    chunk: int = 256  # frames written per HDF5 append
+
+    def check(self) -> None:
+        _require(self.size >= 8, "preprocess.size", self.size, "an integer >= 8")
+        _require(0 <= self.max_skip_fraction <= 1, "preprocess.max_skip_fraction",
+                 self.max_skip_fraction, "a fraction in [0, 1]")
+        _require(self.workers >= 0, "preprocess.workers", self.workers, "an integer >= 0")
+        _require(self.chunk >= 1, "preprocess.chunk", self.chunk, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    trials: tuple[int, ...] = tuple(range(1, 11))  # Lai et al.'s 10 trials
+    labeled_fraction: float = 0.05  # Section 4: 5% of the training set is labelled
+    seed: int = 0
+
+    def check(self) -> None:
+        _require(len(self.trials) > 0 and all(t >= 1 for t in self.trials), "split.trials",
+                 list(self.trials), "a non-empty list of trial numbers >= 1")
+        _require(len(set(self.trials)) == len(self.trials), "split.trials",
+                 list(self.trials), "trial numbers without repeats")
+        _require(0 < self.labeled_fraction < 1, "split.labeled_fraction",
+                 self.labeled_fraction, "a fraction in (0, 1)")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    weights: str = "imagenet"  # "imagenet", "none" (random init) or a path to a state dict
+    epochs: int = 200  # Appendix A
+    lr: float = 1e-5  # Appendix A
+    batch_size: int = 32
+    image_size: int = 148
+    augment: bool = False
+    seed: int = 0
+    device: str = "auto"
+
+    def check(self) -> None:
+        _require(self.weights != "", "finetune.weights", self.weights,
+                 "'imagenet', 'none' or a path to a weights file")
+        _require(self.epochs >= 0, "finetune.epochs", self.epochs, "an integer >= 0")
+        _require(self.lr > 0, "finetune.lr", self.lr, "a number > 0")
+        _require(self.batch_size >= 1, "finetune.batch_size", self.batch_size, "an integer >= 1")
+        _require(self.image_size >= 32, "finetune.image_size", self.image_size,
+                 "an integer >= 32 (VGG16 halves the image five times)")
+        _check_device("finetune.device", self.device)
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    batch_size: int = 64
+    device: str = "auto"
+
+    def check(self) -> None:
+        _require(self.batch_size >= 1, "extract.batch_size", self.batch_size, "an integer >= 1")
+        _check_device("extract.device", self.device)
+
+
+MODEL_NAMES = (
+    "m2", "sdgm", "ss_mvae", "ss_hmvae", "ss_hmvae_kl", "mlp",
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The generative models' hyper-parameters (Section 4 and Appendix C)."""
+
+    models: tuple[str, ...] = MODEL_NAMES
+    alpha: float = 1.0  # eq. (3): weight of log q(y|x,w) on labelled data
+    beta: float = 1.0  # eq. (4): weight of the KL terms of SS-HMVAE-kl
+    epochs: int = 200
+    lr: float = 1e-4
+    batch_size: int = 128  # unlabelled examples per step
+    labeled_batch_size: int = 128  # labelled examples per step (capped at the labelled count)
+    hidden: int = 1024  # Appendix C: every DkBR layer has 1024 units
+    a_dim: int = 1024  # Appendix C: f_mu of q(a|x,w) is D1024
+    z_dim: int = 1024  # Appendix C: f_mu of q(z|a,y) is D1024
+    dropout: float = 0.5  # Appendix C: q(y|a) has Dropout0.5
+    likelihood: Literal["gaussian", "bernoulli"] = "gaussian"
+    unlabeled_y: Literal["gumbel", "enumerate"] = "gumbel"
+    temperature: float = 0.1  # Gumbel-softmax temperature (the authors' code uses 0.1)
+    iterative_steps: int = 100  # Appendix D
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    precision: str = "fp32"  # autocast dtype on the training device: bf16 or fp32
+    seed: int = 0
+    device: str = "auto"
+
+    def check(self) -> None:
+        unknown = [m for m in self.models if m not in MODEL_NAMES]
+        _require(not unknown and len(self.models) > 0, "train.models", list(self.models),
+                 f"a non-empty list of {', '.join(MODEL_NAMES)}")
+        _require(self.alpha >= 0, "train.alpha", self.alpha, "a number >= 0")
+        _require(self.beta >= 0, "train.beta", self.beta, "a number >= 0")
+        _require(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
+        _require(self.lr > 0, "train.lr", self.lr, "a number > 0")
+        for key in ("batch_size", "labeled_batch_size", "hidden", "a_dim", "z_dim"):
+            _require(getattr(self, key) >= 1, f"train.{key}", getattr(self, key),
+                     "an integer >= 1")
+        _require(0 <= self.dropout < 1, "train.dropout", self.dropout, "a fraction in [0, 1)")
+        _require(self.temperature > 0, "train.temperature", self.temperature, "a number > 0")
+        _require(self.iterative_steps >= 0, "train.iterative_steps", self.iterative_steps,
+                 "an integer >= 0")
+        _require(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, "a number >= 0")
+        _require(self.precision in PRECISIONS, "train.precision", self.precision,
+                 f"one of {', '.join(PRECISIONS)}")
+        _check_device("train.device", self.device)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    paper_reference: bool = True  # print the paper's Table 1 beside ours
+
+    def check(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Config:
+    profile: str = "paper"
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def dump(self, path: str | Path) -> None:
+        """Write the effective configuration next to a stage's outputs."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "profile"}
+
+
+def load_config(
+    path: str | Path | None = "params.yaml",
+    overrides: Iterable[str] = (),
+) -> Config:
+    """Read `path` (None: the paper's values), apply its profile, then `overrides`.
+
+    Fails before any work with a `ConfigError` naming the key and what is allowed.
+    """
+    raw: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError as err:
+            raise ConfigError(f"{where}: parameters file not found") from err
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{where}: not valid YAML: {err}") from err
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected a mapping of sections, got {type(raw).__name__}")
+    raw = dict(raw)
+    profiles = raw.pop("profiles", {}) or {}
+    sets = [_parse_override(item) for item in overrides]
+    # `--set profile=...` must pick the profile before the profile's values are applied.
+    profile = next((v for k, v in reversed(sets) if k == "profile"), raw.pop("profile", "paper"))
+    raw.pop("profile", None)
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"{where}: profiles: expected a mapping, got {type(profiles).__name__}")
+    if profile != "paper" and profile not in profiles:
+        allowed = ", ".join(sorted({"paper", *profiles}))
+        raise ConfigError(f"{where}: profile: unknown profile {profile!r}; "
+                          f"expected one of {allowed}")
+    for key, value in (profiles.get(profile) or {}).items():
+        _assign(raw, key, value, f"{where}: profiles.{profile}")
+    for key, value in sets:
+        if key != "profile":
+            _assign(raw, key, value, "--set")
+    sections = {}
+    for name, section in raw.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"{where}: unknown section {name!r}; expected one of "
+                              f"{', '.join(SECTIONS)}")
+        sections[name] = _build(_section_class(name), section, name, where)
+    config = Config(profile=str(profile), **sections)
+    for name in SECTIONS:
+        try:
+            getattr(config, name).check()
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+    return config
+
+
+def _section_class(name: str) -> type:
+    return typing.get_type_hints(Config)[name]
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.alpha=0.5")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML: {err}") from err
+    return key.strip(), value
+
+
+def _assign(raw: dict[str, Any], dotted: str, value: Any, origin: str) -> None:
+    section, sep, key = dotted.partition(".")
+    if not sep or "." in key:
+        raise ConfigError(f"{origin}: {dotted!r}: expected section.key, e.g. train.alpha")
+    if section not in SECTIONS:
+        raise ConfigError(f"{origin}: {dotted!r}: unknown section {section!r}; expected one of "
+                          f"{', '.join(SECTIONS)}")
+    target = raw.setdefault(section, {})
+    if not isinstance(target, dict):
+        raise ConfigError(f"{origin}: section {section!r} is not a mapping")
+    target[key] = value
+
+
+def _build(cls: type, data: Any, section: str, where: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: {section}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {section}.{key}; expected one of "
+                              f"{', '.join(sorted(known))}")
+        values[key] = _coerce(value, hints[key], f"{where}: {section}.{key}")
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """Check `value` against a type hint; the only conversion is int -> float."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            allowed = ", ".join(repr(a) for a in typing.get_args(hint))
+            raise ConfigError(f"{name}: expected one of {allowed}, got {value!r}")
+        return value
+    if origin is tuple:
+        (item_hint, _) = typing.get_args(hint)
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        return tuple(_coerce(v, item_hint, f"{name}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"{name}: union types are not supported in configs")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{name}: unsupported type hint {hint!r}")
+
+
+def _require(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+
+
+def _check_device(key: str, value: str) -> None:
+    ok = value in DEVICES or value.startswith("cuda:")
+    _require(ok, key, value, "auto, cpu, cuda or cuda:N")
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,87 @@
+"""Parameters: paper defaults, profiles, --set overrides, and clear errors."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import Config, ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_params(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_project_params_load_for_every_profile():
+    demo = load_config(ROOT / "params.yaml")
+    paper = load_config(ROOT / "params.yaml", ["profile=paper"])
+    assert demo.profile == "demo" and paper.profile == "paper"
+    # The paper profile is the sections as written: the values of Section 4 / Appendix C.
+    assert (paper.train.alpha, paper.train.beta, paper.train.lr) == (1.0, 1.0, 1e-4)
+    assert (paper.train.batch_size, paper.train.epochs, paper.train.hidden) == (128, 200, 1024)
+    assert paper.preprocess.size == 148 and paper.split.labeled_fraction == 0.05
+    assert paper.finetune.lr == 1e-5 and paper.finetune.weights == "imagenet"
+    assert demo.download.source == "synthetic" and demo.finetune.weights == "none"
+
+
+def test_profile_changes_only_listed_keys(tmp_path):
+    path = write_params(tmp_path, {"profile": "small", "train": {"alpha": 2.0},
+                                   "profiles": {"small": {"train.epochs": 3}}})
+    config = load_config(path)
+    assert config.train.epochs == 3 and config.train.alpha == 2.0
+    assert config.train.lr == Config().train.lr
+
+
+def test_set_overrides_profile_and_file(tmp_path):
+    path = write_params(tmp_path, {"profile": "small", "profiles": {"small": {"train.epochs": 3}}})
+    config = load_config(path, ["train.epochs=5", "train.alpha=0.5", "split.trials=[1, 2]"])
+    assert config.train.epochs == 5 and config.train.alpha == 0.5
+    assert config.split.trials == (1, 2)
+
+
+def test_int_is_accepted_for_float():
+    assert load_config(None, ["train.alpha=1"]).train.alpha == 1.0
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.alpha=-1", "train.alpha: expected a number >= 0, got -1"),
+    ("train.alpha=abc", "train.alpha: expected a number, got 'abc'"),
+    ("train.epochs=2.5", "train.epochs: expected an integer, got 2.5"),
+    ("train.models=[m2, m3]", "train.models"),
+    ("train.likelihood=poisson", "train.likelihood: expected one of 'gaussian', 'bernoulli'"),
+    ("train.alhpa=1", "unknown key train.alhpa"),
+    ("trian.alpha=1", "unknown section 'trian'"),
+    ("alpha=1", "expected section.key"),
+    ("train.alpha", "expected key=value"),
+    ("split.labeled_fraction=0", "split.labeled_fraction: expected a fraction in (0, 1)"),
+    ("train.device=tpu", "train.device"),
+    ("finetune.augment=1", "expected true or false"),
+])
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=None) as err:
+        load_config(None, [override])
+    assert message in str(err.value)
+
+
+def test_unknown_profile_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="unknown profile 'nope'"):
+        load_config(ROOT / "params.yaml", ["profile=nope"])
+    with pytest.raises(ConfigError, match="parameters file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path):
+    path = write_params(tmp_path, {"train": {"alpah": 1.0}})
+    with pytest.raises(ConfigError, match=r"params\.yaml: unknown key train\.alpah"):
+        load_config(path)
+
+
+def test_dump_round_trips(tmp_path):
+    config = load_config(ROOT / "params.yaml", ["train.beta=2"])
+    config.dump(tmp_path / "config.json")
+    text = (tmp_path / "config.json").read_text()
+    assert '"beta": 2.0' in text and '"profile": "demo"' in text
