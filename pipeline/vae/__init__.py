@@ -1,0 +1,101 @@
+"""The generative models of Table 1 and the labelled-only baseline, looked up by name.
+
+Every entry builds an `nn.Module` with `loss(labelled, unlabelled) -> (loss, terms)` and
+`classify(x, method) -> logits`, and lists the evaluations that fill its row of Table 1:
+which modalities are given and how a missing one is handled ("joint": all given;
+"zero_fill": the missing one is zeros in the raw feature space; "unimodal": the -kl
+model's own encoder; "iterative": Appendix D's iterative sampling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from pipeline.config import TrainConfig
+from pipeline.vae.baseline import LabelledOnly, PerModality, input_key
+from pipeline.vae.hmvae import SSHMVAE, SSHMVAEKL
+from pipeline.vae.mvae import MVAE
+from pipeline.vae.objective import ObjectiveConfig
+from pipeline.vae.sdgm import SDGM
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    key: str  # metrics key: "rgb", "depth", "rgb+depth"
+    inputs: tuple[str, ...]  # the modalities given
+    method: str  # "joint", "zero_fill", "unimodal", "iterative"
+    primary: bool  # the number Table 1 reports for this model and key
+
+
+def _each_alone(modalities: list[str], method: str, primary: bool) -> list[Evaluation]:
+    return [Evaluation(m, (m,), method, primary) for m in modalities]
+
+
+def _joint(modalities: list[str]) -> list[Evaluation]:
+    return [Evaluation(input_key(modalities), tuple(modalities), "joint", True)]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    build: Callable[[dict[str, int], int, TrainConfig], nn.Module]
+    evaluations: Callable[[list[str]], list[Evaluation]]
+    multimodal: bool  # needs two or more modalities
+    title: str  # the row name in Table 1
+
+
+def _objective(cfg: TrainConfig) -> ObjectiveConfig:
+    return ObjectiveConfig(alpha=cfg.alpha, beta=cfg.beta, unlabeled_y=cfg.unlabeled_y,
+                           temperature=cfg.temperature)
+
+
+def _sizes(cfg: TrainConfig, *, with_a: bool) -> dict:
+    sizes = {"hidden": cfg.hidden, "z_dim": cfg.z_dim, "dropout": cfg.dropout,
+             "likelihood": cfg.likelihood}
+    return sizes | ({"a_dim": cfg.a_dim} if with_a else {})
+
+
+MODELS: dict[str, ModelSpec] = {
+    "m2": ModelSpec(
+        build=lambda dims, k, cfg: PerModality(dims, lambda d: MVAE(
+            dims=d, n_classes=k, objective=_objective(cfg), **_sizes(cfg, with_a=False))),
+        evaluations=lambda ms: _each_alone(ms, "joint", True),
+        multimodal=False, title="M2 (Kingma et al., 2014)"),
+    "sdgm": ModelSpec(
+        build=lambda dims, k, cfg: PerModality(dims, lambda d: SDGM(
+            dims=d, n_classes=k, objective=_objective(cfg), **_sizes(cfg, with_a=True))),
+        evaluations=lambda ms: _each_alone(ms, "joint", True),
+        multimodal=False, title="SDGM (Maaløe et al., 2016)"),
+    "ss_mvae": ModelSpec(
+        build=lambda dims, k, cfg: MVAE(dims=dims, n_classes=k, objective=_objective(cfg),
+                                        **_sizes(cfg, with_a=False)),
+        evaluations=lambda ms: _joint(ms) + _each_alone(ms, "zero_fill", True),
+        multimodal=True, title="SS-MVAE"),
+    "ss_hmvae": ModelSpec(
+        build=lambda dims, k, cfg: SSHMVAE(dims=dims, n_classes=k, objective=_objective(cfg),
+                                           **_sizes(cfg, with_a=True)),
+        evaluations=lambda ms: (_joint(ms) + _each_alone(ms, "zero_fill", True)
+                                + _each_alone(ms, "iterative", False)),
+        multimodal=True, title="SS-HMVAE"),
+    "ss_hmvae_kl": ModelSpec(
+        build=lambda dims, k, cfg: SSHMVAEKL(dims=dims, n_classes=k, objective=_objective(cfg),
+                                             **_sizes(cfg, with_a=True)),
+        evaluations=lambda ms: (_joint(ms) + _each_alone(ms, "unimodal", True)
+                                + _each_alone(ms, "zero_fill", False)),
+        multimodal=True, title="SS-HMVAE-kl"),
+    "mlp": ModelSpec(
+        build=lambda dims, k, cfg: LabelledOnly(dims, k, hidden=cfg.hidden, dropout=cfg.dropout),
+        evaluations=lambda ms: _each_alone(ms, "joint", True) + _joint(ms),
+        multimodal=False, title="MLP, labelled only (baseline)"),
+}
+
+
+def build_model(name: str, dims: dict[str, int], n_classes: int, cfg: TrainConfig) -> nn.Module:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
+    spec = MODELS[name]
+    if spec.multimodal and len(dims) < 2:
+        raise ValueError(f"model {name!r} needs two modalities; the features have {list(dims)}")
+    return spec.build(dims, n_classes, cfg)

@@ -1,0 +1,88 @@
+"""From a features file to tensors: scaling, the labelled / unlabelled / test sets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipeline.store import FeatureSet
+from pipeline.vae.objective import Batch
+
+MIN_SCALE = 1e-3  # a feature constant over the training rows is left unscaled, not divided by 0
+
+
+@dataclass(frozen=True)
+class FeatureScaler:
+    """Per-dimension affine map fitted on training rows only (test rows stay unseen).
+
+    Gaussian likelihood: standardise (mean 0, std 1). Bernoulli: divide by the maximum,
+    so fc1 features (>= 0, sparse) land in [0, 1] and can be scored as Bernoulli means.
+    """
+
+    kind: str
+    offset: dict[str, np.ndarray]
+    scale: dict[str, np.ndarray]
+
+    @classmethod
+    def fit(cls, features: dict[str, np.ndarray], rows: np.ndarray, kind: str) -> FeatureScaler:
+        offset, scale = {}, {}
+        for m, x in features.items():
+            train = x[rows]
+            if kind == "gaussian":
+                offset[m] = train.mean(0)
+                scale[m] = np.maximum(train.std(0), MIN_SCALE)
+            elif kind == "bernoulli":
+                if (train < 0).any():
+                    raise ValueError(f"bernoulli likelihood needs features >= 0; {m!r} has "
+                                     "negative values (use likelihood: gaussian)")
+                offset[m] = np.zeros(x.shape[1], np.float32)
+                scale[m] = np.maximum(train.max(0), MIN_SCALE)
+            else:
+                raise ValueError(f"likelihood: expected gaussian or bernoulli, got {kind!r}")
+        return cls(kind, offset, scale)
+
+    def transform(self, m: str, x: np.ndarray) -> np.ndarray:
+        out = (x - self.offset[m]) / self.scale[m]
+        if self.kind == "bernoulli":
+            out = np.clip(out, 0.0, 1.0)
+        return out.astype(np.float32)
+
+    def state(self) -> dict:
+        return {"kind": self.kind, "offset": self.offset, "scale": self.scale}
+
+
+@dataclass(frozen=True)
+class TrialData:
+    labelled: Batch
+    unlabelled: Batch
+    test: Batch
+    scaler: FeatureScaler
+    categories: list[str]
+    modalities: list[str]
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {m: int(x.shape[1]) for m, x in self.test.x.items()}
+
+
+def prepare(data: FeatureSet, likelihood: str, device: torch.device) -> TrialData:
+    """Split a features file into labelled, unlabelled (the other training rows) and test."""
+    train = ~data.is_test
+    scaler = FeatureScaler.fit(data.features, train, likelihood)
+
+    def batch(rows: np.ndarray, labelled: bool) -> Batch:
+        x = {m: torch.from_numpy(scaler.transform(m, f[rows])).to(device)
+             for m, f in data.features.items()}
+        y = torch.from_numpy(data.label[rows]).to(device) if labelled else None
+        return Batch(x, y)
+
+    return TrialData(
+        labelled=batch(data.is_labeled, True),
+        unlabelled=batch(train & ~data.is_labeled, False),
+        test=batch(data.is_test, True),
+        scaler=scaler,
+        categories=list(data.categories),
+        modalities=data.modalities,
+    )

@@ -1,0 +1,147 @@
+"""SS-HMVAE and SS-HMVAE-kl (Suzuki & Matsuo, Section 3, Appendices C and D).
+
+Generative model:  p(y) = Cat(1/K),  p(z) = N(0, I),  p(a | z, y),  p(x | a),  p(w | a).
+Inference model:   q(a | x, w),  q(y | a),  q(z | a, y).
+Labelled bound (1): L = E_q[ log p(x|a) + log p(w|a) + log p(a|z,y) - log q(a|x,w) ]
+                        + log p(y) - KL(q(z|a,y) || p(z)).
+Unlabelled (2), objective (3): see `objective.py`; q(y|x,w) = E_q(a|x,w)[q(y|a)].
+
+SS-HMVAE-kl (4) adds one encoder per modality, q(a|x) and q(a|w), and subtracts
+beta * mean over labelled and unlabelled examples of
+    KL(q(a|x,w) || q(a|x)) + KL(q(a|x,w) || q(a|w)),
+so that q(y|x) = E_q(a|x)[q(y|a)] classifies from one modality. The gradient of that term
+reaches both the joint and the unimodal encoders (as in JMVAE-kl); nothing else reaches the
+unimodal ones.
+
+A missing modality at test time is handled by zero-fill (the caller fills it), by the
+unimodal encoders (`method="unimodal"`, -kl only), or by iterative sampling (Appendix D,
+`impute`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torch.distributions import Independent, Normal, kl_divergence
+
+from pipeline.vae.layers import CategoricalHead, GaussianHead, LikelihoodHead, Trunk, mean_of
+from pipeline.vae.objective import (
+    Batch,
+    ObjectiveConfig,
+    SemiSupervisedVAE,
+    Tensors,
+    kl_to_standard_normal,
+    log_uniform_prior,
+)
+
+
+class SSHMVAE(SemiSupervisedVAE):
+    def __init__(self, *, dims: Mapping[str, int], n_classes: int, objective: ObjectiveConfig,
+                 hidden: int = 1024, a_dim: int = 1024, z_dim: int = 1024,
+                 dropout: float = 0.5, likelihood: str = "gaussian") -> None:
+        super().__init__(objective)
+        if len(dims) < 2:
+            raise ValueError(f"{type(self).__name__} needs two modalities, got {list(dims)}")
+        self.modalities = list(dims)
+        self.dims = dict(dims)
+        self.n_classes = n_classes
+        self.likelihood = likelihood
+        k = n_classes
+        self.q_a_xw = Trunk(dims, hidden)  # (x-D1024BR, w-D1024BR)
+        self.q_a_xw_head = GaussianHead(self.q_a_xw.out_features, a_dim)
+        self.q_y_a = Trunk({"a": a_dim}, hidden)  # a-D1024BR-Dropout0.5, f_mu D51
+        self.q_y_a_head = CategoricalHead(hidden, k, dropout)
+        self.q_z_ay = Trunk({"a": a_dim, "y": k}, hidden)  # (a-D1024BR, y-D1024BR)
+        self.q_z_ay_head = GaussianHead(self.q_z_ay.out_features, z_dim)
+        self.p_a_zy = Trunk({"z": z_dim, "y": k}, hidden)  # (z-D1024BR, y-D1024BR)
+        self.p_a_zy_head = GaussianHead(self.p_a_zy.out_features, a_dim)
+        self.p_x_a = nn.ModuleDict(  # a-D1024BR-D1024BR
+            {m: Trunk({"a": a_dim}, hidden, depth=1) for m in dims})
+        self.p_x_a_head = nn.ModuleDict(
+            {m: LikelihoodHead(hidden, dim, likelihood) for m, dim in dims.items()})
+
+    def q_a(self, x: Tensors) -> Independent:
+        return self.q_a_xw_head(self.q_a_xw(**x))
+
+    def p_x(self, m: str, a: torch.Tensor) -> Independent:
+        return self.p_x_a_head[m](self.p_x_a[m](a=a))
+
+    def encode(self, x: Tensors) -> Tensors:
+        q_a = self.q_a(x)
+        a = q_a.rsample()
+        return {"a": a, "log_q_a": q_a.log_prob(a), "logits": self.q_y_a_head(self.q_y_a(a=a)),
+                "q_a_loc": q_a.base_dist.loc, "q_a_scale": q_a.base_dist.scale}
+
+    def elbo_terms(self, x: Tensors, y: torch.Tensor, ctx: Tensors) -> Tensors:
+        a = ctx["a"]
+        terms = {f"log_p_{m}": self.p_x(m, a).log_prob(x[m]) for m in self.modalities}
+        q_z = self.q_z_ay_head(self.q_z_ay(a=a, y=y))
+        z = q_z.rsample()
+        p_a = self.p_a_zy_head(self.p_a_zy(z=z, y=y))
+        terms["log_p_a-log_q_a"] = p_a.log_prob(a) - ctx["log_q_a"]
+        terms["-kl_z"] = -kl_to_standard_normal(q_z)
+        terms["log_p_y"] = log_uniform_prior(y)
+        return terms
+
+    def classify(self, x: Tensors, method: str = "joint") -> torch.Tensor:
+        if method != "joint":
+            raise ValueError(f"{type(self).__name__}: unknown method {method!r}")
+        return self.q_y_a_head(self.q_y_a(a=self.q_a(x).mean))
+
+    @torch.no_grad()
+    def impute(self, x: Tensors, missing: str, steps: int,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Appendix D: fill modality `missing` by alternating q(a|x,w) and p(x|a).
+
+        Starts from noise drawn like the scaled features (standard normal for the Gaussian
+        likelihood, uniform on [0, 1] for the Bernoulli one); each step samples a from
+        q(a|x,w) and sets the missing input to the mean of p(x|a).
+        """
+        given = next(iter(x.values()))
+        shape = (given.shape[0], self.dims[missing])
+        if self.likelihood == "gaussian":
+            fill = torch.randn(shape, generator=generator, device=given.device)
+        else:
+            fill = torch.rand(shape, generator=generator, device=given.device)
+        for _ in range(steps):
+            q_a = self.q_a({**x, missing: fill})
+            a = q_a.base_dist.loc + q_a.base_dist.scale * torch.randn(
+                q_a.base_dist.loc.shape, generator=generator, device=given.device)
+            fill = mean_of(self.p_x(missing, a)).to(given.dtype)
+        return fill
+
+
+class SSHMVAEKL(SSHMVAE):
+    def __init__(self, *, dims: Mapping[str, int], n_classes: int, objective: ObjectiveConfig,
+                 hidden: int = 1024, a_dim: int = 1024, z_dim: int = 1024,
+                 dropout: float = 0.5, likelihood: str = "gaussian") -> None:
+        super().__init__(dims=dims, n_classes=n_classes, objective=objective, hidden=hidden,
+                         a_dim=a_dim, z_dim=z_dim, dropout=dropout, likelihood=likelihood)
+        # q(a|x), q(a|w): x or w-D1024BR, f_mu and f_sigma2 D1024 (Appendix C)
+        self.q_a_m = nn.ModuleDict({m: Trunk({"x": dim}, hidden) for m, dim in dims.items()})
+        self.q_a_m_head = nn.ModuleDict({m: GaussianHead(hidden, a_dim) for m in dims})
+
+    def q_a_unimodal(self, m: str, x: torch.Tensor) -> Independent:
+        return self.q_a_m_head[m](self.q_a_m[m](x=x))
+
+    def divergence(self, x: Tensors, ctx: Tensors) -> torch.Tensor:
+        """Per example: sum over modalities of KL(q(a|x,w) || q(a|x_m)), analytic."""
+        joint = Independent(Normal(ctx["q_a_loc"], ctx["q_a_scale"]), 1)
+        return sum(kl_divergence(joint, self.q_a_unimodal(m, x[m])) for m in self.modalities)
+
+    def extra_objective(self, labelled: Batch, unlabelled: Batch, labelled_ctx: Tensors,
+                        unlabelled_ctx: Tensors) -> Tensors:
+        # eq. (4): - beta / (M + N) * J_div, estimated on the two batches together.
+        div = torch.cat([self.divergence(labelled.x, labelled_ctx),
+                         self.divergence(unlabelled.x, unlabelled_ctx)])
+        return {"-beta*kl_a": -self.objective.beta * div.mean()}
+
+    def classify(self, x: Tensors, method: str = "joint") -> torch.Tensor:
+        if method == "unimodal":
+            if len(x) != 1:
+                raise ValueError(f"unimodal classification takes one modality, got {list(x)}")
+            (m, xm), = x.items()
+            return self.q_y_a_head(self.q_y_a(a=self.q_a_unimodal(m, xm).mean))
+        return super().classify(x, method)

@@ -1,0 +1,110 @@
+"""Building blocks shared by every model (Appendix B and C of the paper).
+
+- `DkBR`: Linear(k) -> BatchNorm -> ReLU, the paper's only hidden layer type.
+- `Trunk`: the paper's `(I, J)` notation: each named input through its own DkBR, the results
+  concatenated, then optional further DkBR layers (`f_MLP`).
+- `GaussianHead`: `N(f_mu(h), diag(Softplus(f_sigma2(h))))`, returned as a
+  `torch.distributions.Independent(Normal)` so log-densities and KLs come from torch.
+- `CategoricalHead`: logits of a categorical, with the dropout of q(y|a).
+- `LikelihoodHead`: p(x|.) for a 4096-d feature vector, Gaussian or Bernoulli.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torch.distributions import Bernoulli, Independent, Normal
+
+# Softplus outputs can underflow to 0; a floor keeps log-densities and KLs finite. The
+# decoder floor is larger: many fc1 features are exactly 0 on every example, and a
+# variance allowed to vanish there would make log p(x|a) grow without bound.
+ENCODER_MIN_VARIANCE = 1e-6
+DECODER_MIN_VARIANCE = 1e-3
+
+
+class DkBR(nn.Sequential):
+    """Linear -> BatchNorm -> ReLU (the paper's `DkBR`)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(nn.Linear(in_features, out_features), nn.BatchNorm1d(out_features),
+                         nn.ReLU())
+
+
+class Trunk(nn.Module):
+    """`(x-DkBR, y-DkBR)-DkBR...`: one DkBR per named input, concatenated, then `depth` more."""
+
+    def __init__(self, inputs: Mapping[str, int], hidden: int, depth: int = 0) -> None:
+        super().__init__()
+        self.names = list(inputs)
+        self.branches = nn.ModuleDict({name: DkBR(dim, hidden) for name, dim in inputs.items()})
+        width = hidden * len(inputs)
+        layers = []
+        for _ in range(depth):
+            layers.append(DkBR(width, hidden))
+            width = hidden
+        self.tail = nn.Sequential(*layers)
+        self.out_features = width
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        missing = set(self.names) - set(inputs)
+        if missing:
+            raise ValueError(f"expected inputs {self.names}, missing {sorted(missing)}")
+        h = torch.cat([self.branches[name](inputs[name]) for name in self.names], dim=-1)
+        return self.tail(h)
+
+
+class GaussianHead(nn.Module):
+    """Appendix B: mu = f_mu(h), sigma^2 = Softplus(f_sigma2(h)); a diagonal Gaussian."""
+
+    def __init__(self, in_features: int, out_features: int,
+                 min_variance: float = ENCODER_MIN_VARIANCE) -> None:
+        super().__init__()
+        self.f_mu = nn.Linear(in_features, out_features)
+        self.f_sigma2 = nn.Linear(in_features, out_features)
+        self.min_variance = min_variance
+
+    def forward(self, h: torch.Tensor) -> Independent:
+        # Densities are evaluated in fp32 even under bf16 autocast: they sum 4096 terms.
+        mu = self.f_mu(h).float()
+        variance = nn.functional.softplus(self.f_sigma2(h).float()) + self.min_variance
+        return Independent(Normal(mu, variance.sqrt()), 1)
+
+
+class CategoricalHead(nn.Module):
+    """Logits of q(y|.): `Dropout(p) -> D_K` (Appendix C: `a-D1024BR-Dropout0.5`, f_mu D51)."""
+
+    def __init__(self, in_features: int, n_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, n_classes))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h).float()
+
+
+class LikelihoodHead(nn.Module):
+    """p(x|.) of a feature vector: Gaussian (standardised features) or Bernoulli (in [0, 1])."""
+
+    def __init__(self, in_features: int, out_features: int, kind: str) -> None:
+        super().__init__()
+        if kind not in ("gaussian", "bernoulli"):
+            raise ValueError(f"likelihood: expected 'gaussian' or 'bernoulli', got {kind!r}")
+        self.kind = kind
+        if kind == "gaussian":
+            self.head: nn.Module = GaussianHead(in_features, out_features,
+                                                min_variance=DECODER_MIN_VARIANCE)
+        else:
+            self.head = nn.Linear(in_features, out_features)
+
+    def forward(self, h: torch.Tensor) -> Independent:
+        if self.kind == "gaussian":
+            return self.head(h)
+        # Bernoulli scored on rescaled features in [0, 1] (soft targets): no value check.
+        logits = self.head(h).float()
+        return Independent(Bernoulli(logits=logits, validate_args=False), 1)
+
+
+def mean_of(dist: Independent) -> torch.Tensor:
+    """The mean of a Gaussian or Bernoulli head's output (for reconstructions)."""
+    return dist.base_dist.mean

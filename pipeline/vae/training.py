@@ -1,0 +1,172 @@
+"""One training loop for every model: eq. (3)'s labelled and unlabelled batches per step.
+
+An epoch is one pass over the unlabelled examples in batches of `batch_size`; each step
+also draws `labeled_batch_size` labelled examples from a stream of reshuffled passes over
+the (much smaller) labelled set. Adam, seeded; a checkpoint after every epoch, written
+atomically, from which a killed run resumes to the same result as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from pipeline.errors import UserError
+from pipeline.vae.data import TrialData
+from pipeline.vae.objective import Batch
+
+
+class NonFiniteLossError(UserError):
+    """The loss became NaN or infinite; the message names the epoch and the terms."""
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    epochs: int
+    lr: float
+    batch_size: int
+    labeled_batch_size: int
+    seed: int
+    grad_clip: float = 0.0
+    precision: str = "fp32"  # "bf16": autocast to bfloat16 on the training device
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} requested but CUDA is not available here")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+def epoch_batches(rng: np.random.Generator, n_unlabelled: int, n_labelled: int,
+                  settings: FitSettings) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Index pairs (labelled, unlabelled) for one epoch, drawn from `rng`."""
+    order = rng.permutation(n_unlabelled)
+    bounds = [*range(0, n_unlabelled, settings.batch_size), n_unlabelled]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < 2:
+        del bounds[-2]  # batch normalisation needs two examples: fold a lone one back in
+    steps = len(bounds) - 1
+    per_step = min(settings.labeled_batch_size, n_labelled)
+    passes = -(-steps * per_step // n_labelled)
+    stream = np.concatenate([rng.permutation(n_labelled) for _ in range(passes)])
+    for i in range(steps):
+        yield stream[i * per_step:(i + 1) * per_step], order[bounds[i]:bounds[i + 1]]
+
+
+def _take(batch: Batch, idx: torch.Tensor) -> Batch:
+    x = {m: t.index_select(0, idx) for m, t in batch.x.items()}
+    return Batch(x, None if batch.y is None else batch.y.index_select(0, idx))
+
+
+def _save_atomic(state: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def fit(model: nn.Module, data: TrialData, settings: FitSettings, *,
+        checkpoint: Path | None = None, fingerprint: dict[str, Any] | None = None,
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        progress: bool = True) -> list[dict[str, float]]:
+    """Train `model` in place; return per-epoch mean loss terms.
+
+    With `checkpoint`, state is saved after each epoch and, if a checkpoint with the same
+    `fingerprint` exists, training resumes after its last epoch.
+    """
+    n_l, n_u = len(data.labelled), len(data.unlabelled)
+    if n_l < 1 or n_u < 2:
+        raise UserError(f"training needs at least 1 labelled and 2 unlabelled examples, "
+                        f"got {n_l} and {n_u}")
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    history: list[dict[str, float]] = []
+    start = _resume(checkpoint, fingerprint, model, optimizer, rng, history)
+    device = next(model.parameters()).device
+    dtype = autocast_dtype(settings.precision)
+    model.train()
+    bar = tqdm(range(start, settings.epochs), desc="epochs", disable=not progress,
+               initial=start, total=settings.epochs, leave=False)
+    for epoch in bar:
+        sums: dict[str, torch.Tensor] = {}
+        steps = 0
+        for l_idx, u_idx in epoch_batches(rng, n_u, n_l, settings):
+            labelled = _take(data.labelled, torch.from_numpy(l_idx).to(device))
+            unlabelled = _take(data.unlabelled, torch.from_numpy(u_idx).to(device))
+            with torch.autocast(device.type, dtype=dtype or torch.float32,
+                                enabled=dtype is not None):
+                loss, terms = model.loss(labelled, unlabelled)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if settings.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            optimizer.step()
+            for name, value in {"loss": loss.detach(), **terms}.items():
+                sums[name] = sums.get(name, 0.0) + value.float()
+            steps += 1
+        means = {name: float(total) / steps for name, total in sums.items()}
+        _check_finite(epoch, means)
+        history.append(means)
+        bar.set_postfix(loss=f"{means['loss']:.4g}")
+        if on_epoch is not None:
+            on_epoch(epoch, means)
+        if checkpoint is not None:
+            _save_atomic({"epoch": epoch + 1, "model": model.state_dict(),
+                          "optimizer": optimizer.state_dict(),
+                          "torch_rng": torch.get_rng_state(),
+                          "numpy_rng": rng.bit_generator.state, "history": history,
+                          "fingerprint": fingerprint or {}}, checkpoint)
+    bar.close()
+    return history
+
+
+def _check_finite(epoch: int, means: dict[str, float]) -> None:
+    bad = sorted(name for name, value in means.items() if not np.isfinite(value))
+    if bad:
+        raise NonFiniteLossError(
+            f"the loss became non-finite in epoch {epoch + 1} (terms: {', '.join(bad)}); "
+            "try a lower train.lr, train.grad_clip > 0, or train.precision=fp32")
+
+
+def _resume(checkpoint: Path | None, fingerprint: dict[str, Any] | None, model: nn.Module,
+            optimizer: torch.optim.Optimizer, rng: np.random.Generator,
+            history: list[dict[str, float]]) -> int:
+    """Load `checkpoint` if it belongs to this run; return the first epoch to train."""
+    if checkpoint is None or not checkpoint.is_file():
+        return 0
+    state = torch.load(checkpoint, map_location=next(model.parameters()).device,
+                       weights_only=True)
+    if state.get("fingerprint") != (fingerprint or {}):
+        tqdm.write(f"{checkpoint}: written for other parameters or data; starting afresh")
+        return 0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    rng.bit_generator.state = state["numpy_rng"]
+    history.extend(state["history"])
+    tqdm.write(f"{checkpoint}: resuming after epoch {state['epoch']}")
+    return int(state["epoch"])
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)

@@ -1,0 +1,160 @@
+"""Training and evaluation from a features file: contract, reproducibility, resume, errors."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from pipeline.__main__ import main as cli
+from pipeline.config import TrainConfig
+from pipeline.store import read_features, write_features
+from pipeline.vae import MODELS, build_model
+from pipeline.vae.data import prepare
+from pipeline.vae.experiment import train_and_evaluate
+from pipeline.vae.training import FitSettings, NonFiniteLossError, epoch_batches, fit
+from tests.digits import digits_views
+
+TINY = ["train.epochs=2", "train.hidden=16", "train.a_dim=4", "train.z_dim=4",
+        "train.iterative_steps=3", "train.batch_size=64"]
+
+
+@pytest.fixture(scope="module")
+def digits_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("features") / "digits.h5"
+    write_features(path, digits_views(seed=0))
+    return path
+
+
+def tiny_config(**changes) -> TrainConfig:
+    base = dict(epochs=2, hidden=16, a_dim=4, z_dim=4, iterative_steps=3, batch_size=64)
+    return TrainConfig(**(base | changes))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_cli_writes_metrics_for_every_input_mode(name, digits_file, tmp_path):
+    out = tmp_path / name
+    sets = [arg for s in TINY for arg in ("--set", s)]
+    code = cli(["train", "--features", str(digits_file), "--model", name, "--out", str(out),
+                "--no-progress", *sets])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == name
+    expected = {"left", "right"} | ({"left+right"} if name not in ("m2", "sdgm") else set())
+    assert set(metrics["accuracy"]) == expected
+    assert all(0.0 <= v <= 1.0 for v in metrics["accuracy"].values())
+    if name == "ss_hmvae":
+        assert set(metrics["accuracy_iterative"]) == {"left", "right", "left+right"}
+    if name == "ss_hmvae_kl":
+        assert set(metrics["accuracy_by_method"]) == {"joint", "unimodal", "zero_fill"}
+    assert (out / "checkpoint.pt").is_file() and (out / "config.json").is_file()
+    assert (out / "dvclive" / "metrics.json").is_file()
+
+
+def test_fixed_seed_gives_identical_metrics(digits_file, tmp_path):
+    runs = [train_and_evaluate(digits_file, "ss_hmvae", tiny_config(), tmp_path / f"run{i}",
+                               progress=False, live=False) for i in range(2)]
+    assert runs[0]["accuracy_by_method"] == runs[1]["accuracy_by_method"]
+    assert runs[0]["final_loss"] == runs[1]["final_loss"]
+
+
+def test_resume_after_kill_equals_uninterrupted(digits_file, tmp_path):
+    data = prepare(read_features(digits_file), "gaussian", torch.device("cpu"))
+    settings = FitSettings(epochs=3, lr=1e-3, batch_size=128, labeled_batch_size=32, seed=1)
+
+    def model():
+        torch.manual_seed(0)
+        return build_model("ss_hmvae_kl", data.dims, 10, tiny_config())
+
+    whole = model()
+    fit(whole, data, settings, checkpoint=tmp_path / "a.pt", progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first(epoch, means):
+        if epoch == 0:
+            raise Killed
+
+    killed = model()
+    with pytest.raises(Killed):
+        fit(killed, data, settings, checkpoint=tmp_path / "b.pt", on_epoch=kill_after_first,
+            progress=False)
+    resumed = model()  # a fresh process: new weights, restored from the checkpoint
+    history = fit(resumed, data, settings, checkpoint=tmp_path / "b.pt", progress=False)
+    assert len(history) == 3
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(),
+                            strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_checkpoint_of_other_parameters_is_not_resumed(digits_file, tmp_path):
+    out = tmp_path / "run"
+    first = train_and_evaluate(digits_file, "mlp", tiny_config(), out, progress=False, live=False)
+    second = train_and_evaluate(digits_file, "mlp", tiny_config(lr=1e-3), out, progress=False,
+                                live=False)
+    assert second["epochs"] == 2 and second["final_loss"] != first["final_loss"]
+
+
+def test_epochs_visit_every_unlabelled_example_once():
+    settings = FitSettings(epochs=1, lr=1e-3, batch_size=4, labeled_batch_size=3, seed=0)
+    pairs = list(epoch_batches(np.random.default_rng(0), 9, 5, settings))
+    unlabelled = np.concatenate([u for _, u in pairs])
+    assert sorted(unlabelled) == list(range(9))
+    assert [len(u) for _, u in pairs] == [4, 5]  # a lone last example is folded back in
+    assert all(len(lab) == 3 for lab, _ in pairs)
+
+
+def test_non_finite_loss_is_a_clear_error(digits_file, monkeypatch):
+    data = prepare(read_features(digits_file), "gaussian", torch.device("cpu"))
+    model = build_model("mlp", data.dims, 10, tiny_config())
+    original = model.loss
+
+    def poisoned(labelled, unlabelled):
+        loss, terms = original(labelled, unlabelled)
+        return loss * float("nan"), terms
+
+    monkeypatch.setattr(model, "loss", poisoned)
+    settings = FitSettings(epochs=1, lr=1e-3, batch_size=128, labeled_batch_size=32, seed=0)
+    with pytest.raises(NonFiniteLossError, match="non-finite in epoch 1"):
+        fit(model, data, settings, progress=False)
+
+
+def broken(path, digits_file, action):
+    path.write_bytes(digits_file.read_bytes())
+    with h5py.File(path, "a") as f:
+        action(f)
+    return path
+
+
+@pytest.mark.parametrize(("action", "model", "message"), [
+    (lambda f: f.attrs.__setitem__("schema", "ssmvae-images/1"), "m2",
+     "expected schema 'ssmvae-features/1'"),
+    (lambda f: f["features/left"].__setitem__((0, 0), np.nan), "m2", "NaN or inf"),
+    (lambda f: f["is_labeled"].__setitem__(slice(None), False), "ss_hmvae",
+     "no labelled training example"),
+    (lambda f: (f.__delitem__("features/right"), f.attrs.__setitem__("modalities", ["left"])),
+     "ss_hmvae_kl", "needs two modalities"),
+    (lambda f: f.__delitem__("features/right"), "m2", "missing dataset 'features/right'"),
+])
+def test_bad_features_fail_before_anything_is_written(tmp_path, digits_file, capsys, action,
+                                                      model, message):
+    path = broken(tmp_path / "bad.h5", digits_file, action)
+    out = tmp_path / "out"
+    code = cli(["train", "--features", str(path), "--model", model, "--out", str(out),
+                "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and str(path) in err
+    assert not out.exists()
+
+
+def test_unknown_model_and_parameter(tmp_path, digits_file, capsys):
+    out = tmp_path / "out"
+    assert cli(["train", "--features", str(digits_file), "--model", "m3", "--out", str(out)]) == 2
+    assert "unknown model 'm3'" in capsys.readouterr().err
+    assert cli(["train", "--features", str(digits_file), "--model", "m2", "--out", str(out),
+                "--set", "train.alpha=-1"]) == 2
+    assert "train.alpha: expected a number >= 0" in capsys.readouterr().err
+    assert not out.exists()

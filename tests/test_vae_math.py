@@ -1,0 +1,292 @@
+"""The bounds are the paper's: each term against its definition, written out by hand."""
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Independent, Normal
+
+from pipeline.config import TrainConfig
+from pipeline.vae import MODELS, build_model
+from pipeline.vae.hmvae import SSHMVAE, SSHMVAEKL
+from pipeline.vae.layers import DkBR, GaussianHead
+from pipeline.vae.mvae import MVAE
+from pipeline.vae.objective import (
+    Batch,
+    ObjectiveConfig,
+    kl_to_standard_normal,
+    log_q_of,
+    log_uniform_prior,
+    one_hot,
+)
+
+DIMS = {"rgb": 6, "depth": 5}
+K = 3
+SIZES = {"hidden": 8, "a_dim": 4, "z_dim": 3, "dropout": 0.0}
+
+
+def batches(seed: int = 0, n: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    x_l = {m: torch.randn(n, d, generator=g) for m, d in DIMS.items()}
+    x_u = {m: torch.randn(n + 2, d, generator=g) for m, d in DIMS.items()}
+    y = torch.arange(n) % K
+    return Batch(x_l, y), Batch(x_u)
+
+
+def hmvae(cls=SSHMVAE, **objective) -> SSHMVAE:
+    torch.manual_seed(0)
+    return cls(dims=DIMS, n_classes=K, objective=ObjectiveConfig(**objective), **SIZES)
+
+
+def log_normal(x, mu, sigma):
+    """log N(x; mu, sigma^2), summed over the last axis, written out."""
+    return (-0.5 * ((x - mu) / sigma) ** 2 - torch.log(sigma) - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def test_gaussian_head_is_softplus_variance():
+    torch.manual_seed(0)
+    head = GaussianHead(4, 3, min_variance=0.0)
+    h = torch.randn(2, 4)
+    dist = head(h)
+    variance = torch.nn.functional.softplus(head.f_sigma2(h))
+    torch.testing.assert_close(dist.base_dist.scale ** 2, variance)
+    torch.testing.assert_close(dist.base_dist.loc, head.f_mu(h))
+    assert dist.event_shape == (3,)
+
+
+def test_dkbr_is_linear_batchnorm_relu():
+    layer = DkBR(5, 7)
+    assert [type(m).__name__ for m in layer] == ["Linear", "BatchNorm1d", "ReLU"]
+
+
+def test_analytic_kl_matches_monte_carlo():
+    torch.manual_seed(0)
+    q = Independent(Normal(torch.tensor([[0.5, -1.0, 2.0]]), torch.tensor([[0.3, 1.5, 0.8]])), 1)
+    prior = Independent(Normal(torch.zeros(1, 3), torch.ones(1, 3)), 1)
+    samples = q.sample((400_000,))
+    monte_carlo = (q.log_prob(samples) - prior.log_prob(samples)).mean(0)
+    analytic = kl_to_standard_normal(q)
+    by_hand = 0.5 * (q.base_dist.scale ** 2 + q.base_dist.loc ** 2 - 1
+                     - torch.log(q.base_dist.scale ** 2)).sum(-1)
+    torch.testing.assert_close(analytic, by_hand)
+    torch.testing.assert_close(analytic, monte_carlo, atol=0.01, rtol=0.0)
+
+
+def test_prior_and_classifier_scores():
+    y = one_hot(torch.tensor([0, 2]), K)
+    torch.testing.assert_close(log_uniform_prior(y), torch.full((2,), -math.log(K)))
+    logits = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    expected = torch.log_softmax(logits, -1)[torch.arange(2), torch.tensor([0, 2])]
+    torch.testing.assert_close(log_q_of(y, logits), expected)
+
+
+def test_hmvae_labelled_terms_are_equation_1():
+    model = hmvae().eval()
+    labelled, _ = batches()
+    y = one_hot(labelled.y, K)
+    torch.manual_seed(1)
+    ctx = model.encode(labelled.x)
+    terms = model.elbo_terms(labelled.x, y, ctx)
+
+    # The same computation written from the paper, with the same noise.
+    torch.manual_seed(1)
+    q_a = model.q_a_xw_head(model.q_a_xw(**labelled.x))
+    eps_a = torch.randn_like(q_a.base_dist.loc)
+    a = q_a.base_dist.loc + q_a.base_dist.scale * eps_a
+    torch.testing.assert_close(a, ctx["a"])
+    log_q_a = log_normal(a, q_a.base_dist.loc, q_a.base_dist.scale)
+    q_z = model.q_z_ay_head(model.q_z_ay(a=a, y=y))
+    z = q_z.base_dist.loc + q_z.base_dist.scale * torch.randn_like(q_z.base_dist.loc)
+    p_a = model.p_a_zy_head(model.p_a_zy(z=z, y=y))
+    mu_z, var_z = q_z.base_dist.loc, q_z.base_dist.scale ** 2
+    expected = {
+        "log_p_a-log_q_a": log_normal(a, p_a.base_dist.loc, p_a.base_dist.scale) - log_q_a,
+        "-kl_z": -0.5 * (var_z + mu_z ** 2 - 1 - torch.log(var_z)).sum(-1),
+        "log_p_y": torch.full((5,), -math.log(K)),
+    }
+    for m in DIMS:
+        p_x = model.p_x(m, a)
+        expected[f"log_p_{m}"] = log_normal(labelled.x[m], p_x.base_dist.loc, p_x.base_dist.scale)
+    assert set(terms) == set(expected)
+    for name in expected:
+        torch.testing.assert_close(terms[name], expected[name], msg=name)
+
+
+def test_m2_labelled_terms_by_hand():
+    torch.manual_seed(0)
+    model = MVAE(dims={"rgb": 6}, n_classes=K, objective=ObjectiveConfig(), hidden=8, z_dim=3,
+                 dropout=0.0, likelihood="bernoulli").eval()
+    x = {"rgb": torch.rand(4, 6)}
+    y = one_hot(torch.tensor([0, 1, 2, 1]), K)
+    torch.manual_seed(2)
+    terms = model.elbo_terms(x, y, model.encode(x))
+    torch.manual_seed(2)
+    q_z = model.q_z_xy_head(model.q_z_xy(rgb=x["rgb"], y=y))
+    z = q_z.base_dist.loc + q_z.base_dist.scale * torch.randn_like(q_z.base_dist.loc)
+    mu = torch.sigmoid(model.p_x_zy_head["rgb"].head(model.p_x_zy["rgb"](z=z, y=y)))
+    bernoulli = (x["rgb"] * torch.log(mu) + (1 - x["rgb"]) * torch.log(1 - mu)).sum(-1)
+    torch.testing.assert_close(terms["log_p_rgb"], bernoulli, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(terms["-kl_z"], -kl_to_standard_normal(q_z))
+
+
+def test_loss_is_equation_3():
+    model = hmvae(alpha=0.7)
+    labelled, unlabelled = batches()
+    torch.manual_seed(3)
+    loss, logged = model.loss(labelled, unlabelled)
+    torch.manual_seed(3)
+    l_terms, _ = model.labelled_bound(labelled)
+    u_terms, _ = model.unlabelled_bound(unlabelled)
+    log_q_y = l_terms.pop("log_q_y")
+    expected = (sum(l_terms.values()).mean() + 0.7 * log_q_y.mean()
+                + sum(u_terms.values()).mean())
+    torch.testing.assert_close(loss, -expected)
+    # The unlabelled bound keeps -log q(y|x) (the entropy's sampled form).
+    assert "-log_q_y" in u_terms
+    torch.testing.assert_close(logged["classifier/log_q_y"], log_q_y.mean().detach())
+
+
+def test_alpha_zero_removes_classifier_term():
+    labelled, unlabelled = batches()
+    losses = {}
+    for alpha in (0.0, 1.0):
+        model = hmvae(alpha=alpha)
+        torch.manual_seed(4)
+        losses[alpha], logged = model.loss(labelled, unlabelled)
+    torch.testing.assert_close(losses[1.0] - losses[0.0], -logged["classifier/log_q_y"])
+    # With alpha = 0, labels reach the loss only through the bound: the classifier's
+    # output layer gets no gradient from the labelled batch.
+    model = hmvae(alpha=0.0)
+    l_terms, _ = model.labelled_bound(labelled)
+    l_terms.pop("log_q_y")
+    bound = sum(l_terms.values()).mean()
+    grads = torch.autograd.grad(bound, list(model.q_y_a_head.parameters()), allow_unused=True)
+    assert all(g is None or torch.count_nonzero(g) == 0 for g in grads)
+
+
+def test_gumbel_samples_lie_on_the_simplex(monkeypatch):
+    model = hmvae(temperature=0.5)
+    _, unlabelled = batches()
+    seen = []
+    original = model.elbo_terms
+
+    def spy(x, y, ctx):
+        seen.append(y.detach())
+        return original(x, y, ctx)
+
+    monkeypatch.setattr(model, "elbo_terms", spy)
+    model.unlabelled_bound(unlabelled)
+    (y,) = seen
+    assert y.shape == (len(unlabelled), K)
+    assert (y >= 0).all()
+    torch.testing.assert_close(y.sum(-1), torch.ones(len(unlabelled)))
+    assert not torch.all((y == 0) | (y == 1))  # relaxed, not one-hot
+
+
+def test_enumeration_is_expectation_plus_entropy(monkeypatch):
+    model = hmvae(unlabeled_y="enumerate")
+    _, unlabelled = batches()
+    value = torch.tensor([1.0, -2.0, 5.0])
+    monkeypatch.setattr(model, "elbo_terms", lambda x, y, ctx: {"f": y @ value})
+    torch.manual_seed(5)
+    terms, ctx = model.unlabelled_bound(unlabelled)
+    q = torch.softmax(ctx["logits"], -1)
+    torch.testing.assert_close(terms["f"], q @ value)
+    torch.testing.assert_close(terms["entropy"], -(q * torch.log(q)).sum(-1))
+
+
+def test_kl_term_is_equation_4():
+    model = hmvae(SSHMVAEKL, beta=2.5)
+    labelled, unlabelled = batches()
+    torch.manual_seed(6)
+    _, logged = model.loss(labelled, unlabelled)
+    torch.manual_seed(6)
+    _, l_ctx = model.labelled_bound(labelled)
+    _, u_ctx = model.unlabelled_bound(unlabelled)
+    kls = []
+    for batch, ctx in ((labelled, l_ctx), (unlabelled, u_ctx)):
+        mu, sigma = ctx["q_a_loc"], ctx["q_a_scale"]
+        for m in DIMS:
+            uni = model.q_a_unimodal(m, batch.x[m])
+            mu2, sigma2 = uni.base_dist.loc, uni.base_dist.scale
+            kls.append((torch.log(sigma2 / sigma)
+                        + (sigma ** 2 + (mu - mu2) ** 2) / (2 * sigma2 ** 2) - 0.5).sum(-1))
+    per_example = torch.cat([kls[0] + kls[1], kls[2] + kls[3]])
+    torch.testing.assert_close(logged["-beta*kl_a"], -2.5 * per_example.mean().detach())
+
+
+def test_unimodal_encoders_learn_only_through_the_kl_term():
+    labelled, unlabelled = batches()
+    model = hmvae(SSHMVAEKL, beta=0.0)
+    loss, _ = model.loss(labelled, unlabelled)
+    unimodal = list(model.q_a_m.parameters()) + list(model.q_a_m_head.parameters())
+    grads = torch.autograd.grad(loss, unimodal, allow_unused=True)
+    assert all(g is None or torch.count_nonzero(g) == 0 for g in grads)
+
+    model = hmvae(SSHMVAEKL, beta=1.0)
+    torch.manual_seed(7)
+    loss, _ = model.loss(labelled, unlabelled)
+    torch.manual_seed(7)
+    _, l_ctx = model.labelled_bound(labelled)
+    _, u_ctx = model.unlabelled_bound(unlabelled)
+    kl_only = -model.extra_objective(labelled, unlabelled, l_ctx, u_ctx)["-beta*kl_a"]
+    unimodal = list(model.q_a_m.parameters()) + list(model.q_a_m_head.parameters())
+    full = torch.autograd.grad(loss, unimodal)
+    from_kl = torch.autograd.grad(kl_only, unimodal, retain_graph=True)
+    assert any(torch.count_nonzero(g) > 0 for g in full)
+    for g_full, g_kl in zip(full, from_kl, strict=True):
+        torch.testing.assert_close(g_full, g_kl)
+    # ... and the KL also pulls the joint encoder (JMVAE-kl style).
+    joint = torch.autograd.grad(kl_only, list(model.q_a_xw_head.parameters()))
+    assert any(torch.count_nonzero(g) > 0 for g in joint)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_network_gets_gradient(name):
+    cfg = TrainConfig(hidden=8, a_dim=4, z_dim=3, dropout=0.0)
+    torch.manual_seed(0)
+    model = build_model(name, DIMS, K, cfg)
+    labelled, unlabelled = batches()
+    loss, _ = model.loss(labelled, unlabelled)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+        # BatchNorm makes a layer's bias before it irrelevant; everything else must move.
+        if not pname.endswith("0.bias"):
+            assert torch.count_nonzero(p.grad) > 0, pname
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_classify_shapes_in_eval(name):
+    cfg = TrainConfig(hidden=8, a_dim=4, z_dim=3)
+    model = build_model(name, DIMS, K, cfg).eval()
+    labelled, _ = batches()
+    for evaluation in MODELS[name].evaluations(list(DIMS)):
+        x = {m: labelled.x[m] for m in (DIMS if evaluation.method in ("zero_fill", "iterative")
+                                         else evaluation.inputs)}
+        method = "joint" if evaluation.method in ("zero_fill", "iterative") else evaluation.method
+        logits = model.classify(x, method)
+        assert logits.shape == (5, K) and logits.dtype == torch.float32
+
+
+def test_paper_sizes_are_the_defaults():
+    model = build_model("ss_hmvae_kl", {"rgb": 4096, "depth": 4096}, 51, TrainConfig())
+    assert model.q_a_xw.branches["rgb"][0].in_features == 4096
+    assert model.q_a_xw.branches["rgb"][0].out_features == 1024
+    assert model.q_a_xw_head.f_mu.out_features == 1024
+    assert model.q_y_a_head.net[0].p == 0.5 and model.q_y_a_head.net[1].out_features == 51
+    assert model.p_x_a_head["depth"].head.f_mu.out_features == 4096
+    assert len(model.p_x_a["rgb"].tail) == 1  # a-D1024BR-D1024BR
+
+
+def test_iterative_sampling_fills_the_missing_modality():
+    model = hmvae().eval()
+    labelled, _ = batches()
+    g = torch.Generator().manual_seed(0)
+    filled = model.impute({"depth": labelled.x["depth"]}, "rgb", steps=3, generator=g)
+    assert filled.shape == labelled.x["rgb"].shape and torch.isfinite(filled).all()
+    # After the chain, the filled value is a mean of p(x|a): a decoder output, not noise.
+    g = torch.Generator().manual_seed(0)
+    noise = model.impute({"depth": labelled.x["depth"]}, "rgb", steps=0, generator=g)
+    assert not torch.allclose(filled, noise)
