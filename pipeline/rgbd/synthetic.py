@@ -27,7 +27,7 @@ from pipeline.errors import UserError
 from pipeline.rgbd.layout import ARCHIVE_ROOT, VIDEOS
 from pipeline.rgbd.splits import format_trials
 
-VERSION = 1  # bump when the rendering changes: cached archives carry it in their name
+VERSION = 2  # bump when the rendering changes: cached archives carry it in their name
 ELEVATION = {1: 30.0, 2: 45.0, 4: 60.0}  # degrees, per video
 PIXEL_MM = 2.5  # size of one pixel on the object
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed, so the same seed gives the same archive bytes
@@ -38,22 +38,22 @@ class Category:
     name: str
     shape: str  # ellipsoid | cylinder | box | slab | disc | bottle
     colour: tuple[int, int, int]  # RGB
-    texture: str  # plain | stripes | checker | speckle
     dims: tuple[float, float, float]  # half extents in mm (x, y = up, z)
 
 
+TEXTURES = ("plain", "stripes", "checker", "speckle")
 RED, GREEN, YELLOW, BLUE = (200, 45, 35), (70, 165, 55), (225, 195, 45), (45, 85, 200)
 CATEGORIES = (
-    Category("tomato", "ellipsoid", RED, "speckle", (45, 40, 45)),
-    Category("lime", "ellipsoid", GREEN, "speckle", (45, 40, 45)),
-    Category("soda_can", "cylinder", RED, "stripes", (40, 70, 40)),
-    Category("food_can", "cylinder", GREEN, "stripes", (40, 70, 40)),
-    Category("cereal_box", "box", YELLOW, "checker", (70, 90, 30)),
-    Category("food_box", "box", BLUE, "checker", (70, 90, 30)),
-    Category("sponge", "slab", YELLOW, "speckle", (55, 18, 40)),
-    Category("plate", "disc", BLUE, "plain", (85, 8, 85)),
-    Category("water_bottle", "bottle", GREEN, "plain", (35, 100, 35)),
-    Category("orange", "ellipsoid", (235, 125, 35), "speckle", (45, 42, 45)),
+    Category("tomato", "ellipsoid", RED, (45, 40, 45)),
+    Category("lime", "ellipsoid", GREEN, (45, 40, 45)),
+    Category("soda_can", "cylinder", RED, (40, 70, 40)),
+    Category("food_can", "cylinder", GREEN, (40, 70, 40)),
+    Category("cereal_box", "box", YELLOW, (70, 90, 30)),
+    Category("food_box", "box", BLUE, (70, 90, 30)),
+    Category("sponge", "slab", YELLOW, (55, 18, 40)),
+    Category("plate", "disc", BLUE, (85, 8, 85)),
+    Category("water_bottle", "bottle", GREEN, (35, 100, 35)),
+    Category("orange", "ellipsoid", (235, 125, 35), (45, 42, 45)),
 )
 
 
@@ -107,22 +107,26 @@ class _Instance:
     cat: Category
     dims: np.ndarray
     colour: np.ndarray
+    texture: str
     freq: float
     phase: float
     distance: float  # camera to object centre, mm
 
 
 def _instance(cat: Category, rng: np.random.Generator) -> _Instance:
-    dims = np.asarray(cat.dims) * rng.uniform(0.8, 1.2) * rng.uniform(0.88, 1.12, 3)
+    # Sizes, proportions and textures vary per instance (a texture never names the category),
+    # so RGB must rely on colour and outline, which same-coloured categories share in part.
+    dims = np.asarray(cat.dims) * rng.uniform(0.8, 1.2) * rng.uniform(0.75, 1.25, 3)
+    texture = str(rng.choice(TEXTURES))
     colour = np.clip(np.asarray(cat.colour) * rng.uniform(0.8, 1.15, 3) + rng.normal(0, 10, 3),
                      0, 255)
-    return _Instance(cat, dims, colour, freq=rng.uniform(0.08, 0.16),
+    return _Instance(cat, dims, colour, texture, freq=rng.uniform(0.08, 0.16),
                      phase=rng.uniform(0, 2 * np.pi), distance=rng.uniform(750.0, 1050.0))
 
 
 def _texture(inst: _Instance, q: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Albedo factor in [0.5, 1.2] at object-space points `q` [N, 3]."""
-    kind = inst.cat.texture
+    kind = inst.texture
     if kind == "stripes":
         return np.where(np.sin(q[:, 1] * inst.freq + inst.phase) > 0.3, 1.2, 0.75)
     if kind == "checker":
@@ -180,7 +184,7 @@ def render(inst: _Instance, elevation_deg: float, angle: float,
         for a in np.eye(3)], axis=1)
     normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-9)
     light = np.array([0.4, 0.8, 0.45]) / np.linalg.norm([0.4, 0.8, 0.45])
-    shade = 0.6 + 0.4 * np.clip(normal @ light, 0.0, 1.0)
+    shade = 0.8 + 0.2 * np.clip(normal @ light, 0.0, 1.0)
     albedo = _texture(inst, (hit - centre) @ rot.T, rng)
     rgb[mask] = inst.colour * (shade * albedo)[:, None]
     rgb += rng.normal(0.0, 4.0, rgb.shape)
