@@ -27,7 +27,7 @@ class Server:
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's name)
+            def do_GET(self):
                 if self.path != "/data.zip":
                     self.send_error(404)
                     return
@@ -82,7 +82,7 @@ def test_interrupted_download_resumes_on_the_next_run(server, tmp_path):
     dest, size = tmp_path / "data.zip", len(server.payload)
     half = size // 2
     server.cut_after = half
-    with pytest.raises(DownloadError, match="failed after 1 attempts|ended early"):
+    with pytest.raises(DownloadError, match=r"failed after 1 attempts|ended early"):
         fetch(server.url, dest, size=size, retries=0, backoff_s=0, progress=False, timeout_s=5)
     partial = tmp_path / "data.zip.partial"
     assert not dest.exists() and partial.stat().st_size == half
@@ -105,7 +105,7 @@ def test_a_cut_is_retried_within_one_run(server, tmp_path):
 def test_wrong_size_and_hash_and_missing_url_are_clear(server, tmp_path):
     with pytest.raises(DownloadError, match=r"expected 5 \(download.size\)"):
         fetch(server.url, tmp_path / "a.zip", size=5, retries=0, progress=False)
-    with pytest.raises(DownloadError, match="download.sha256"):
+    with pytest.raises(DownloadError, match=r"download\.sha256"):
         fetch(server.url, tmp_path / "b.zip", sha256="0" * 64, progress=False)
     with pytest.raises(DownloadError, match="HTTP 404"):
         fetch(server.url.replace("data.zip", "nope.zip"), tmp_path / "c.zip", progress=False)

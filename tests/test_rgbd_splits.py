@@ -69,7 +69,7 @@ def test_absent_instance_or_trial_is_a_clear_error():
     instance, label = frames(2)
     with pytest.raises(TrialsError, match="trial 1 holds out apple_9, absent from the images"):
         make_split(1, ["apple_9"], instance=instance, label=label, labeled_fraction=0.05, seed=0)
-    with pytest.raises(TrialsError, match="no trial 3 .*holds trials 1, 2"):
+    with pytest.raises(TrialsError, match=r"no trial 3 .*holds trials 1, 2"):
         make_splits(parse_trials(TEXT), [3], instance=instance, label=label,
                     labeled_fraction=0.05, seed=0)
 
