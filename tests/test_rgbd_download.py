@@ -44,8 +44,9 @@ class Server:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 sent = body[:cut] if cut is not None else body
-                self.wfile.write(sent)
+                # Recorded before writing: the client may return before this thread goes on.
                 owner.requests.append({"range": rng, "sent": len(sent)})
+                self.wfile.write(sent)
                 if cut is not None:
                     self.close_connection = True
 
