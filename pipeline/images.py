@@ -153,7 +153,10 @@ def _results(jobs: list, workers: int) -> Iterator[tuple[int, object, object]]:
     if workers <= 1:
         yield from map(_work, jobs)
         return
-    ctx = multiprocessing.get_context("spawn" if os.name == "nt" else "fork")
+    # Not "fork": forking a process that already runs threads (torch, an HTTP server in
+    # tests) can deadlock, and Python >= 3.12 warns about it.
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     with ctx.Pool(workers) as pool:
         yield from pool.imap(_work, jobs, chunksize=8)
 
