@@ -57,6 +57,7 @@ class DownloadConfig:
     synthetic_categories: int = 8  # the synthetic set's own category count
     synthetic_instances: int = 3  # per category
     synthetic_frames: int = 6  # per video (videos 1, 2, 4)
+    backoff_s: float = 1.0  # wait before retry k is backoff_s * 2**k (k = 0, 1, ...)
 
     def check(self) -> None:
         _require(self.size >= 0, "download.size", self.size, "an integer >= 0 (0 = unknown)")
@@ -72,6 +73,9 @@ class DownloadConfig:
                  self.synthetic_instances, "an integer >= 2 (one is held out per trial)")
         _require(self.synthetic_frames >= 1, "download.synthetic_frames",
                  self.synthetic_frames, "an integer >= 1")
+        _require(self.synthetic_categories <= 10, "download.synthetic_categories",
+                 self.synthetic_categories, "at most 10 (the synthetic set defines 10)")
+        _require(self.backoff_s >= 0, "download.backoff_s", self.backoff_s, "a number >= 0")
 
 
 @dataclass(frozen=True)
