@@ -17,13 +17,15 @@ from pipeline.config import ExtractConfig, FinetuneConfig
 from pipeline.errors import UserError
 from pipeline.features import finetune as ft
 from pipeline.features.extract import extract_features
-from pipeline.features.vgg import MEAN, STD, build_vgg16
+from pipeline.features.vgg import MEAN, STD, load_vgg16
 from pipeline.store import ImagesWriter, TrialSplit, read_features, write_splits
 
 SIZE = 32
 CATEGORIES = ["apple", "cell_phone", "food_can"]
+# checkpoint_every=2: no resumable state is written in 2 epochs (1.6 GB each; only the
+# resume test needs one)
 CONFIG = FinetuneConfig(weights="none", epochs=2, batch_size=8, image_size=SIZE, seed=3,
-                        device="cpu", precision="fp32")
+                        device="cpu", precision="fp32", checkpoint_every=2)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,7 @@ def tuned(data):
     params = data["root"] / "params.yaml"
     params.write_text("finetune:\n  weights: none\n  epochs: 2\n  batch_size: 8\n"
                       f"  image_size: {SIZE}\n  seed: 3\n  device: cpu\n  precision: fp32\n"
+                      "  checkpoint_every: 2\n"
                       "extract:\n  batch_size: 5\n  device: cpu\n")
     code = cli(["finetune", "--params", str(params), "--images", str(data["images"]),
                 "--splits", str(data["splits"]), "--trial", "1", "--modality", "depth",
@@ -97,7 +100,8 @@ def test_resume_after_kill_equals_uninterrupted_run(data, tuned, tmp_path, monke
 
     monkeypatch.setattr(ft, "_train_epoch", killed_in_second_epoch)
     kwargs = {"images": data["images"], "splits": data["splits"], "trial": 1, "modality": "rgb",
-              "out": tmp_path, "config": CONFIG, "cache_dir": tmp_path / "cache"}
+              "out": tmp_path, "config": replace(CONFIG, checkpoint_every=1),
+              "cache_dir": tmp_path / "cache"}
     with pytest.raises(KeyboardInterrupt):
         ft.finetune(**kwargs)
     assert (tmp_path / "state.pt").is_file() and not (tmp_path / "model.pt").exists()
@@ -134,8 +138,7 @@ def test_finished_run_is_not_repeated_but_changed_settings_are(data, tuned, monk
 
 def reference_fc1(model_path, images):
     """torchvision's own VGG16 forward, fc1 read by a hook on classifier[1] (the ReLU)."""
-    model = build_vgg16(len(CATEGORIES))
-    model.load_state_dict(torch.load(model_path, weights_only=True)["state_dict"])
+    model = load_vgg16(len(CATEGORIES), torch.load(model_path, weights_only=True)["state_dict"])
     model.eval()
     seen = []
     model.classifier[1].register_forward_hook(lambda m, i, o: seen.append(o.clone()))

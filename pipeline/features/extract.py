@@ -47,8 +47,10 @@ def load_checkpoint(path: str | Path, *, trial: int, modality: str,
         raise CheckpointError(f"{path}: made for trial {found[0]}, modality {found[1]} and "
                               f"{len(found[2])} categories; expected trial {trial}, modality "
                               f"{modality} and the images file's {len(categories)} categories")
-    model = vgg.build_vgg16(len(categories))
-    model.load_state_dict(weights)
+    try:
+        model = vgg.load_vgg16(len(categories), weights)
+    except RuntimeError as err:  # missing keys or wrong shapes
+        raise CheckpointError(f"{path}: does not hold VGG16 weights ({err})") from err
     return model.eval(), meta, vgg.sha256_file(path)
 
 

@@ -121,10 +121,10 @@ def build_vgg16(num_classes: int, state: dict[str, torch.Tensor] | None = None,
     """torchvision's VGG16 with `num_classes` outputs; `state` fills every other layer."""
     if num_classes < 2:
         raise ValueError(f"expected at least 2 categories, got {num_classes}")
-    model = vgg16(weights=None, num_classes=num_classes)
     if state is None:
-        return model
-    own = model.state_dict()
+        return vgg16(weights=None, num_classes=num_classes)
+    with torch.device("meta"):  # shapes only: validate before the costly initialisation
+        own = vgg16(weights=None, num_classes=num_classes).state_dict()
     wanted = {k for k in own if not k.startswith(_LAST)}
     given = {k for k in state if not k.startswith(_LAST)}
     if wanted != given:
@@ -135,7 +135,17 @@ def build_vgg16(num_classes: int, state: dict[str, torch.Tensor] | None = None,
         if tuple(state[key].shape) != tuple(own[key].shape):
             raise WeightsError(f"{source}: {key} has shape {tuple(state[key].shape)}, "
                                f"expected {tuple(own[key].shape)}")
+    model = vgg16(weights=None, num_classes=num_classes)
     model.load_state_dict({k: state[k] for k in wanted}, strict=False)
+    return model
+
+
+def load_vgg16(num_classes: int, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """A fine-tuned VGG16 from its complete state dict, skipping the random initialisation
+    (seconds for 138M parameters) that `load_state_dict` would overwrite anyway."""
+    with torch.device("meta"):
+        model = vgg16(weights=None, num_classes=num_classes)
+    model.load_state_dict(weights, assign=True)
     return model
 
 
