@@ -140,7 +140,10 @@ def evaluate(model: nn.Module, f: h5py.File, modality: str, mask: np.ndarray,
     dtype = vgg.autocast_dtype(precision, device)
     correct = 0
     for rows, block in iter_rows(f, modality, mask, batch_size):
-        x = vgg.to_input(torch.from_numpy(block), image_size, device)
+        batch = torch.from_numpy(block)
+        if device.type == "cuda":
+            batch = batch.pin_memory()  # lets the copy to the GPU run asynchronously
+        x = vgg.to_input(batch, image_size, device)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             pred = model(x).argmax(1).cpu().numpy()
         correct += int((pred == labels[rows]).sum())
@@ -149,9 +152,12 @@ def evaluate(model: nn.Module, f: h5py.File, modality: str, mask: np.ndarray,
 
 def _load_labeled(f: h5py.File, modality: str, mask: np.ndarray, device: torch.device,
                   batch: int) -> torch.Tensor:
-    """The labelled frames (5% of the training set) as one uint8 tensor, pinned on CUDA."""
+    """The labelled frames (5% of the training set, ~115 MB at 148 px) as one uint8 tensor,
+    kept on the GPU when there is one (copied once, through pinned memory)."""
     images = torch.from_numpy(np.concatenate([b for _, b in iter_rows(f, modality, mask, batch)]))
-    return images.pin_memory() if device.type == "cuda" else images
+    if device.type == "cuda":
+        images = images.pin_memory().to(device, non_blocking=True)
+    return images
 
 
 def _resume_state(out: Path, settings: dict[str, Any], epochs: int) -> dict[str, Any] | None:
