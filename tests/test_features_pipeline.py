@@ -55,6 +55,15 @@ def data(tmp_path_factory):
             "split": split, "rgb": rgb, "depth": depth}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def outside_any_repo(tmp_path_factory):
+    """DVCLive runs `dvc init` in a git repository that has no DVC yet (`get_dvc_repo`):
+    keep it away from the checkout that runs the tests."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path_factory.mktemp("cwd"))
+        yield
+
+
 @pytest.fixture(scope="module")
 def tuned(data):
     """rgb through the library, depth through the command line; 2 epochs each."""
