@@ -118,10 +118,27 @@ class FinetuneConfig:
     augment: bool = False
     seed: int = 0
     device: str = "auto"
+    # Where `weights: imagenet` comes from (torchvision's VGG16_Weights.IMAGENET1K_V1).
+    weights_url: str = "https://download.pytorch.org/models/vgg16-397923af.pth"
+    # sha256 of the ImageNet file (also checked for a local weights path): a hex prefix of
+    # >= 8 digits, as torchvision checks the one in the file name, or all 64; "" = unchecked.
+    weights_sha256: str = "397923af"
+    checkpoint_every: int = 1  # epochs between resumable checkpoints (each ~1.6 GB)
+    precision: str = "auto"  # autocast: auto = bf16 on CUDA, fp32 on CPU; or bf16, fp32
 
     def check(self) -> None:
         _require(self.weights != "", "finetune.weights", self.weights,
                  "'imagenet', 'none' or a path to a weights file")
+        _require(self.weights_sha256 == "" or (8 <= len(self.weights_sha256) <= 64
+                                               and _is_hex(self.weights_sha256)),
+                 "finetune.weights_sha256", self.weights_sha256,
+                 "empty or 8 to 64 hexadecimal digits (a prefix of the sha256)")
+        _require(self.weights_url.startswith(("http://", "https://", "file://")),
+                 "finetune.weights_url", self.weights_url, "an http(s):// or file:// URL")
+        _require(self.checkpoint_every >= 1, "finetune.checkpoint_every",
+                 self.checkpoint_every, "an integer >= 1")
+        _require(self.precision in ("auto", *PRECISIONS), "finetune.precision",
+                 self.precision, "auto, bf16 or fp32")
         _require(self.epochs >= 0, "finetune.epochs", self.epochs, "an integer >= 0")
         _require(self.lr > 0, "finetune.lr", self.lr, "a number > 0")
         _require(self.batch_size >= 1, "finetune.batch_size", self.batch_size, "an integer >= 1")
@@ -134,10 +151,15 @@ class FinetuneConfig:
 class ExtractConfig:
     batch_size: int = 64
     device: str = "auto"
+    # autocast: auto = bf16 on CUDA, fp32 on CPU; or bf16, fp32 (see docs/features.md for
+    # the error bf16 introduces in the features)
+    precision: str = "auto"
 
     def check(self) -> None:
         _require(self.batch_size >= 1, "extract.batch_size", self.batch_size, "an integer >= 1")
         _check_device("extract.device", self.device)
+        _require(self.precision in ("auto", *PRECISIONS), "extract.precision",
+                 self.precision, "auto, bf16 or fp32")
 
 
 MODEL_NAMES = (

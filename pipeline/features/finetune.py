@@ -1,0 +1,279 @@
+"""Fine-tune VGG16 for one modality on one trial's labelled frames (Appendix A).
+
+Appendix A: Adam, learning rate 1e-5, 200 epochs, all parameters trained, on the labelled
+set only. The checkpoint directory (`out`) holds:
+
+- `state.pt`: model + optimizer after the last complete epoch, written atomically every
+  `checkpoint_every` epochs while training and removed once `model.pt` is written (it is
+  three times the model's size);
+- `model.pt`: the final weights and `meta` (categories, image size, initial weights, ...);
+- `metrics.json`: the network's own accuracy on the trial's test frames (the supervised
+  reference row for Table 1) and its last training loss;
+- `live/`: DVCLive's per-epoch metrics.
+
+Resuming is exact: each epoch reseeds every random generator from (seed, epoch), so the
+state after epoch k is a function of the weights and optimizer state saved at its start;
+no RNG state needs saving. A run whose settings differ from the saved state starts afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from pipeline.config import FinetuneConfig
+from pipeline.errors import UserError
+from pipeline.features import vgg
+from pipeline.store import TrialSplit, open_images, read_images_index, read_split
+
+log = logging.getLogger(__name__)
+MODALITIES = ("rgb", "depth")
+_BLOCK = 512  # image rows read from HDF5 at once when streaming
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save under a temporary name, then rename: a kill never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.partial")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def iter_rows(f: h5py.File, name: str, mask: np.ndarray,
+              batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (row indices, uint8 images) of the rows where `mask`, in file order, `batch` at a
+    time, reading the file block by block (never the whole dataset)."""
+    rows, images = [], []
+    for start in range(0, len(mask), _BLOCK):
+        picked = np.flatnonzero(mask[start:start + _BLOCK])
+        if picked.size == 0:
+            continue
+        block = f[name][start + picked[0]:start + picked[-1] + 1]
+        rows.extend(start + picked)
+        images.extend(block[picked - picked[0]])
+        while len(rows) >= batch:
+            yield np.asarray(rows[:batch]), np.stack(images[:batch])
+            rows, images = rows[batch:], images[batch:]
+    if rows:
+        yield np.asarray(rows), np.stack(images)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % (2**63)
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip and a shift of up to 1/8 of the side (reflected border)."""
+    b, _, h, w = x.shape
+    flip = (torch.rand(b, generator=gen) < 0.5).to(x.device).view(b, 1, 1, 1)
+    x = torch.where(flip, x.flip(3), x)
+    pad = max(1, h // 8)
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, b), generator=gen).tolist()
+    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+
+
+def _fingerprint(index_frames: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> str:
+    """Identify the labelled training data, so a changed split never resumes old state."""
+    digest = hashlib.sha256()
+    for frame, label in zip(index_frames[mask], labels[mask], strict=True):
+        digest.update(f"{frame}\t{label}\n".encode())
+    return digest.hexdigest()
+
+
+def _settings(config: FinetuneConfig, info: vgg.WeightsInfo, *, trial: int, modality: str,
+              categories: list[str], data: str) -> dict[str, Any]:
+    """Everything a resumed run must share with the saved state (all but `epochs`)."""
+    return {"trial": trial, "modality": modality, "categories": categories, "data": data,
+            "weights": info.identity, "weights_sha256": info.sha256, "lr": config.lr,
+            "batch_size": config.batch_size, "image_size": config.image_size,
+            "augment": config.augment, "seed": config.seed, "precision": config.precision}
+
+
+def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor,
+                 labels: torch.Tensor, *, config: FinetuneConfig, epoch: int,
+                 device: torch.device, bar: tqdm) -> tuple[float, float]:
+    seed = epoch_seed(config.seed, epoch)
+    torch.manual_seed(seed)  # dropout, on every device
+    gen = torch.Generator().manual_seed(seed)  # shuffling and augmentation
+    dtype = vgg.autocast_dtype(config.precision, device)
+    model.train()
+    total_loss, correct, order = 0.0, 0, torch.randperm(len(labels), generator=gen)
+    for batch in order.split(config.batch_size):
+        x = vgg.to_input(images[batch], config.image_size, device)
+        if config.augment:
+            x = augment(x, gen)
+        y = labels[batch].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"epoch {epoch + 1}: the loss is {loss.item()}; "
+                                     "lower finetune.lr or use finetune.precision: fp32")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total_loss += loss.item() * len(batch)
+        correct += int((logits.argmax(1) == y).sum())
+        bar.update(1)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+    return total_loss / len(labels), correct / len(labels)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, f: h5py.File, modality: str, mask: np.ndarray,
+             labels: np.ndarray, *, image_size: int, batch_size: int, device: torch.device,
+             precision: str) -> float:
+    """Accuracy on the rows of `mask`, streamed from the images file."""
+    model.eval()
+    dtype = vgg.autocast_dtype(precision, device)
+    correct = 0
+    for rows, block in iter_rows(f, modality, mask, batch_size):
+        batch = torch.from_numpy(block)
+        if device.type == "cuda":
+            batch = batch.pin_memory()  # lets the copy to the GPU run asynchronously
+        x = vgg.to_input(batch, image_size, device)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            pred = model(x).argmax(1).cpu().numpy()
+        correct += int((pred == labels[rows]).sum())
+    return correct / max(1, int(mask.sum()))
+
+
+def _load_labeled(f: h5py.File, modality: str, mask: np.ndarray, device: torch.device,
+                  batch: int) -> torch.Tensor:
+    """The labelled frames (5% of the training set, ~115 MB at 148 px) as one uint8 tensor,
+    kept on the GPU when there is one (copied once, through pinned memory)."""
+    images = torch.from_numpy(np.concatenate([b for _, b in iter_rows(f, modality, mask, batch)]))
+    if device.type == "cuda":
+        images = images.pin_memory().to(device, non_blocking=True)
+    return images
+
+
+def _resume_state(out: Path, settings: dict[str, Any], epochs: int) -> dict[str, Any] | None:
+    path = out / "state.pt"
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("settings") != settings or state.get("epoch", 0) > epochs:
+        log.warning("%s: saved with other settings; starting afresh", path)
+        return None
+    log.info("%s: resuming after epoch %d", path, state["epoch"])
+    return state
+
+
+def _finished(out: Path, settings: dict[str, Any], epochs: int) -> dict[str, Any] | None:
+    """The metrics of a completed run with the same settings, if `out` holds one."""
+    model, metrics = out / "model.pt", out / "metrics.json"
+    if not (model.is_file() and metrics.is_file()) or (out / "state.pt").exists():
+        return None
+    meta = torch.load(model, map_location="cpu", weights_only=True, mmap=True)["meta"]
+    if meta != {**settings, **_extra_meta(epochs)}:
+        return None
+    log.info("%s: already fine-tuned with these settings", model)
+    return json.loads(metrics.read_text())
+
+
+def _extra_meta(epochs: int) -> dict[str, Any]:
+    return {"epochs": epochs, "backbone": "vgg16", "normalization_mean": list(vgg.MEAN),
+            "normalization_std": list(vgg.STD)}
+
+
+def finetune(*, images: str | Path, splits: str | Path, trial: int, modality: str,
+             out: str | Path, config: FinetuneConfig, cache_dir: str | Path) -> dict[str, Any]:
+    """Fine-tune (or resume), write `model.pt` and `metrics.json` into `out`; return metrics."""
+    if modality not in MODALITIES:
+        raise ValueError(f"expected modality in {MODALITIES}, got {modality!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = vgg.resolve_device(config.device)
+    index = read_images_index(images)
+    split = read_split(splits, trial, index.frame)
+    train_mask = split.is_labeled & ~split.is_test
+    if not train_mask.any():
+        raise UserError(f"{splits}: trial {trial} has no labelled training frame")
+    init, info = vgg.initial_weights(config.weights, url=config.weights_url,
+                                     sha256=config.weights_sha256, cache_dir=cache_dir)
+    settings = _settings(config, info, trial=trial, modality=modality,
+                         categories=list(index.categories),
+                         data=_fingerprint(index.frame, index.label, train_mask))
+    done = _finished(out, settings, config.epochs)
+    if done is not None:
+        return done
+    torch.manual_seed(config.seed)  # random initialisation (weights: none, and the last layer)
+    model = vgg.build_vgg16(len(index.categories), init,
+                            source=f"finetune.weights {config.weights}")
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    state = _resume_state(out, settings, config.epochs)
+    start, history = 0, {}
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, history = state["epoch"], state["history"]
+    with open_images(images) as f:
+        labeled = _load_labeled(f, modality, train_mask, device, config.batch_size)
+        labels = torch.from_numpy(index.label[train_mask])
+        history = _train(model, opt, labeled, labels, config=config, start=start, out=out,
+                         settings=settings, device=device) or history
+        accuracy = evaluate(model, f, modality, split.is_test, index.label,
+                            image_size=config.image_size, batch_size=config.batch_size,
+                            device=device, precision=config.precision)
+    return _finish(model, out, settings, config, split, history, accuracy, device)
+
+
+def _train(model: nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor,
+           labels: torch.Tensor, *, config: FinetuneConfig, start: int, out: Path,
+           settings: dict[str, Any], device: torch.device) -> dict[str, float]:
+    from dvclive import Live  # imported late: it pulls in much of DVC
+
+    steps = -(-len(labels) // config.batch_size)
+    history: dict[str, float] = {}
+    with Live(str(out / "live"), resume=start > 0, dvcyaml=None, save_dvc_exp=False,
+              report=None) as live, \
+            tqdm(total=config.epochs * steps, initial=start * steps, unit="batch",
+                 desc=f"finetune {settings['modality']} trial {settings['trial']}",
+                 mininterval=1.0) as bar:
+        for epoch in range(start, config.epochs):
+            loss, acc = _train_epoch(model, opt, images, labels, config=config, epoch=epoch,
+                                     device=device, bar=bar)
+            history = {"train_loss": loss, "train_accuracy": acc}
+            for key, value in history.items():
+                live.log_metric(f"train/{key.removeprefix('train_')}", value)
+            live.next_step()
+            done = epoch + 1
+            # After the last epoch `model.pt` is the checkpoint (written by `_finish`).
+            if done % config.checkpoint_every == 0 and done < config.epochs:
+                save_atomic({"epoch": done, "settings": settings, "history": history,
+                             "model": model.state_dict(), "optimizer": opt.state_dict()},
+                            out / "state.pt")
+    return history
+
+
+def _finish(model: nn.Module, out: Path, settings: dict[str, Any], config: FinetuneConfig,
+            split: TrialSplit, history: dict[str, float], accuracy: float,
+            device: torch.device) -> dict[str, Any]:
+    meta = {**settings, **_extra_meta(config.epochs)}
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_atomic({"meta": meta, "state_dict": weights}, out / "model.pt")
+    (out / "state.pt").unlink(missing_ok=True)  # the final weights make it redundant
+    metrics = {"trial": settings["trial"], "modality": settings["modality"],
+               "test_accuracy": accuracy, "n_test": int(split.is_test.sum()),
+               "n_labeled": int((split.is_labeled & ~split.is_test).sum()),
+               "epochs": config.epochs, "device": device.type, **history}
+    tmp = out / ".metrics.json.partial"
+    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, out / "metrics.json")
+    return metrics

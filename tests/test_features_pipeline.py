@@ -1,0 +1,233 @@
+"""VGG16 fine-tuning and fc1 extraction on a tiny generated images file (32 px, CPU).
+
+The fine-tuned checkpoints are made once per module (VGG16 keeps its 138M parameters at any
+image size, so each step costs about a second here) and shared by the tests.
+"""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from pipeline.__main__ import main as cli
+from pipeline.config import ExtractConfig, FinetuneConfig
+from pipeline.errors import UserError
+from pipeline.features import finetune as ft
+from pipeline.features.extract import extract_features
+from pipeline.features.vgg import MEAN, STD, load_vgg16
+from pipeline.store import ImagesWriter, TrialSplit, read_features, write_splits
+
+SIZE = 32
+CATEGORIES = ["apple", "cell_phone", "food_can"]
+# checkpoint_every=2: no resumable state is written in 2 epochs (1.6 GB each; only the
+# resume test needs one)
+CONFIG = FinetuneConfig(weights="none", epochs=2, batch_size=8, image_size=SIZE, seed=3,
+                        device="cpu", precision="fp32", checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """3 categories x 2 instances x 4 frames; instance 2 held out, 2 frames of each
+    training instance labelled."""
+    root = tmp_path_factory.mktemp("vgg")
+    rng = np.random.default_rng(0)
+    rows = [(c, i, k) for c in range(3) for i in (1, 2) for k in range(4)]
+    n = len(rows)
+    # class-dependent colour so a few steps can learn something
+    base = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200]], np.uint8)
+    rgb = np.stack([np.clip(base[c] + rng.integers(-20, 20, (SIZE, SIZE, 3)), 0, 255)
+                    for c, _, _ in rows]).astype(np.uint8)
+    depth = rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)
+    frames = [f"{CATEGORIES[c]}_{i}_1_{k}" for c, i, k in rows]
+    with ImagesWriter(root / "images.h5", size=SIZE, categories=CATEGORIES) as w:
+        w.append(rgb=rgb, depth=depth, label=[c for c, _, _ in rows], frame=frames,
+                 instance=[f"{CATEGORIES[c]}_{i}" for c, i, _ in rows], video=[1] * n,
+                 index=[k for _, _, k in rows])
+    is_test = np.array([i == 2 for _, i, _ in rows])
+    is_labeled = np.array([i == 1 and k < 2 for _, i, k in rows])
+    split = TrialSplit(trial=1, is_test=is_test, is_labeled=is_labeled,
+                       test_instances=[f"{c}_2" for c in CATEGORIES])
+    write_splits(root / "splits.h5", frames=frames, splits=[split])
+    return {"root": root, "images": root / "images.h5", "splits": root / "splits.h5",
+            "split": split, "rgb": rgb, "depth": depth}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def outside_any_repo(tmp_path_factory):
+    """DVCLive runs `dvc init` in a git repository that has no DVC yet (`get_dvc_repo`):
+    keep it away from the checkout that runs the tests."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path_factory.mktemp("cwd"))
+        yield
+
+
+@pytest.fixture(scope="module")
+def tuned(data):
+    """rgb through the library, depth through the command line; 2 epochs each."""
+    models = data["root"] / "models"
+    metrics = ft.finetune(images=data["images"], splits=data["splits"], trial=1,
+                          modality="rgb", out=models / "trial-1-rgb", config=CONFIG,
+                          cache_dir=data["root"] / "cache")
+    params = data["root"] / "params.yaml"
+    params.write_text("finetune:\n  weights: none\n  epochs: 2\n  batch_size: 8\n"
+                      f"  image_size: {SIZE}\n  seed: 3\n  device: cpu\n  precision: fp32\n"
+                      "  checkpoint_every: 2\n"
+                      "extract:\n  batch_size: 5\n  device: cpu\n")
+    code = cli(["finetune", "--params", str(params), "--images", str(data["images"]),
+                "--splits", str(data["splits"]), "--trial", "1", "--modality", "depth",
+                "--out", str(models / "trial-1-depth")])
+    assert code == 0
+    return {"models": models, "metrics": metrics, "params": params}
+
+
+def test_finetune_writes_checkpoint_and_metrics(tuned):
+    rgb = tuned["models"] / "trial-1-rgb"
+    assert (rgb / "model.pt").is_file() and not (rgb / "state.pt").exists()
+    metrics = json.loads((rgb / "metrics.json").read_text())
+    assert metrics == tuned["metrics"]
+    assert 0 <= metrics["test_accuracy"] <= 1 and metrics["n_test"] == 12
+    assert metrics["n_labeled"] == 6 and metrics["epochs"] == 2
+    live = json.loads((rgb / "live" / "metrics.json").read_text())
+    assert live["step"] == 1 and "loss" in live["train"]
+    depth = tuned["models"] / "trial-1-depth"
+    assert json.loads((depth / "config.json").read_text())["finetune"]["epochs"] == 2
+    assert not list(tuned["models"].rglob(".*.partial"))
+
+
+def test_resume_after_kill_equals_uninterrupted_run(data, tuned, tmp_path, monkeypatch):
+    real = ft._train_epoch
+    epochs_run = []
+
+    def killed_in_second_epoch(*args, epoch, **kwargs):
+        if epoch == 1:
+            raise KeyboardInterrupt  # as if killed after epoch 1's checkpoint
+        epochs_run.append(epoch)
+        return real(*args, epoch=epoch, **kwargs)
+
+    monkeypatch.setattr(ft, "_train_epoch", killed_in_second_epoch)
+    kwargs = {"images": data["images"], "splits": data["splits"], "trial": 1, "modality": "rgb",
+              "out": tmp_path, "config": replace(CONFIG, checkpoint_every=1),
+              "cache_dir": tmp_path / "cache"}
+    with pytest.raises(KeyboardInterrupt):
+        ft.finetune(**kwargs)
+    assert (tmp_path / "state.pt").is_file() and not (tmp_path / "model.pt").exists()
+
+    def counted(*args, epoch, **kw):
+        epochs_run.append(epoch)
+        return real(*args, epoch=epoch, **kw)
+
+    monkeypatch.setattr(ft, "_train_epoch", counted)
+    ft.finetune(**kwargs)
+    assert epochs_run == [0, 1]  # the resumed run trained epoch 2 only
+    resumed = torch.load(tmp_path / "model.pt", weights_only=True)["state_dict"]
+    straight = torch.load(tuned["models"] / "trial-1-rgb" / "model.pt",
+                          weights_only=True)["state_dict"]
+    assert resumed.keys() == straight.keys()
+    for key in straight:
+        assert torch.equal(resumed[key], straight[key]), key
+
+
+def test_finished_run_is_not_repeated_but_changed_settings_are(data, tuned, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(ft, "_train_epoch", fail)
+    again = ft.finetune(images=data["images"], splits=data["splits"], trial=1, modality="rgb",
+                        out=tuned["models"] / "trial-1-rgb", config=CONFIG,
+                        cache_dir=data["root"] / "cache")
+    assert again == tuned["metrics"]
+    with pytest.raises(AssertionError, match="trained again"):
+        ft.finetune(images=data["images"], splits=data["splits"], trial=1, modality="rgb",
+                    out=data["root"] / "other", config=replace(CONFIG, lr=1e-4),
+                    cache_dir=data["root"] / "cache")
+
+
+def reference_fc1(model_path, images):
+    """torchvision's own VGG16 forward, fc1 read by a hook on classifier[1] (the ReLU)."""
+    model = load_vgg16(len(CATEGORIES), torch.load(model_path, weights_only=True)["state_dict"])
+    model.eval()
+    seen = []
+    model.classifier[1].register_forward_hook(lambda m, i, o: seen.append(o.clone()))
+    x = TF.normalize(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, MEAN, STD)
+    with torch.no_grad():
+        model(x)
+    return seen[0].numpy()
+
+
+@pytest.fixture(scope="module")
+def features(data, tuned):
+    checkpoints = {m: tuned["models"] / f"trial-1-{m}" / "model.pt" for m in ("rgb", "depth")}
+    out = data["root"] / "features" / "trial-1.h5"
+    extract_features(images=data["images"], splits=data["splits"], trial=1,
+                     checkpoints=checkpoints, out=out,
+                     config=ExtractConfig(batch_size=5, device="cpu", precision="fp32"))
+    return out
+
+
+def test_features_equal_torchvision_fc1_and_are_nonnegative(data, tuned, features):
+    stored = read_features(features)
+    assert stored.modalities == ["rgb", "depth"]
+    for m in ("rgb", "depth"):
+        x = stored.features[m]
+        assert x.shape == (24, 4096) and x.dtype == np.float32
+        assert (x >= 0).all() and (x > 0).any()
+        expected = reference_fc1(tuned["models"] / f"trial-1-{m}" / "model.pt", data[m])
+        np.testing.assert_allclose(x, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_features_carry_masks_labels_and_provenance(data, features):
+    stored = read_features(features)
+    np.testing.assert_array_equal(stored.is_test, data["split"].is_test)
+    np.testing.assert_array_equal(stored.is_labeled, data["split"].is_labeled)
+    np.testing.assert_array_equal(stored.label, np.repeat([0, 1, 2], 8))
+    assert stored.frame[0] == "apple_1_1_0" and stored.categories == CATEGORIES
+    a = stored.attrs
+    assert a["schema"] == "ssmvae-features/1" and a["trial"] == 1 and a["backbone"] == "vgg16"
+    assert a["layer"] == "classifier[:2] (fc1 after ReLU)" and a["image_size"] == SIZE
+    assert a["weights"] == "none" and a["seed"] == 3 and a["labeled_fraction"] == 0.5
+    assert len(a["checkpoint_sha256_rgb"]) == 64 != a["checkpoint_sha256_depth"]
+
+
+def test_same_checkpoint_gives_identical_file_through_cli(data, tuned, features, tmp_path):
+    out = tmp_path / "trial-1.h5"
+    code = cli(["extract", "--params", str(tuned["params"]), "--images", str(data["images"]),
+                "--splits", str(data["splits"]), "--trial", "1",
+                "--checkpoints", str(tuned["models"]), "--out", str(out)])
+    assert code == 0
+    assert out.read_bytes() == features.read_bytes()
+    assert (tmp_path / "trial-1.config.json").is_file()
+
+
+def test_missing_or_mismatched_checkpoint_is_a_clear_error(data, tuned, tmp_path, capsys):
+    code = cli(["extract", "--params", str(tuned["params"]), "--images", str(data["images"]),
+                "--splits", str(data["splits"]), "--trial", "1",
+                "--checkpoints", str(tmp_path), "--out", str(tmp_path / "f.h5")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "checkpoint not found" in err and "trial-1-rgb" in err
+    swapped = {"rgb": tuned["models"] / "trial-1-depth" / "model.pt"}
+    with pytest.raises(UserError, match="modality depth"):
+        extract_features(images=data["images"], splits=data["splits"], trial=1,
+                         checkpoints=swapped, out=tmp_path / "f.h5",
+                         config=ExtractConfig(device="cpu"))
+    assert not (tmp_path / "f.h5").exists()
+
+
+def test_iter_rows_streams_masked_rows_in_order(data):
+    mask = data["split"].is_test
+    with ft.open_images(data["images"]) as f:
+        got = list(ft.iter_rows(f, "rgb", mask, batch=5))
+    assert [len(r) for r, _ in got] == [5, 5, 2]
+    rows = np.concatenate([r for r, _ in got])
+    np.testing.assert_array_equal(rows, np.flatnonzero(mask))
+    np.testing.assert_array_equal(np.concatenate([b for _, b in got]), data["rgb"][mask])
+
+
+def test_augment_is_seeded_and_keeps_shape():
+    x = torch.rand(3, 3, SIZE, SIZE)
+    a = ft.augment(x, torch.Generator().manual_seed(1))
+    b = ft.augment(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
