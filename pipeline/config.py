@@ -1,7 +1,8 @@
 """Typed, validated parameters.
 
 `params.yaml` holds the paper's configuration, one section per stage, plus a `profiles`
-table: a profile lists only the dotted keys it changes (`train.epochs: 20`). The effective
+table: a profile lists only the keys it changes, nested like the sections
+(`profiles.demo.train.epochs: 20`, which `dvc exp run -S` can address too). The effective
 configuration is built in three layers, each validated the same way:
 
     paper values (the sections)  <-  profiles[profile]  <-  --set key=value
@@ -274,8 +275,12 @@ def load_config(
         allowed = ", ".join(sorted({"paper", *profiles}))
         raise ConfigError(f"{where}: profile: unknown profile {profile!r}; "
                           f"expected one of {allowed}")
-    for key, value in (profiles.get(profile) or {}).items():
-        _assign(raw, key, value, f"{where}: profiles.{profile}")
+    for section, values in (profiles.get(profile) or {}).items():
+        origin = f"{where}: profiles.{profile}.{section}"
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: expected a mapping of keys, got {values!r}")
+        for key, value in values.items():
+            _assign(raw, f"{section}.{key}", value, origin)
     for key, value in sets:
         if key != "profile":
             _assign(raw, key, value, "--set")

@@ -30,14 +30,14 @@ def test_project_params_load_for_every_profile():
 
 def test_profile_changes_only_listed_keys(tmp_path):
     path = write_params(tmp_path, {"profile": "small", "train": {"alpha": 2.0},
-                                   "profiles": {"small": {"train.epochs": 3}}})
+                                   "profiles": {"small": {"train": {"epochs": 3}}}})
     config = load_config(path)
     assert config.train.epochs == 3 and config.train.alpha == 2.0
     assert config.train.lr == Config().train.lr
 
 
 def test_set_overrides_profile_and_file(tmp_path):
-    path = write_params(tmp_path, {"profile": "small", "profiles": {"small": {"train.epochs": 3}}})
+    path = write_params(tmp_path, {"profile": "small", "profiles": {"small": {"train": {"epochs": 3}}}})
     config = load_config(path, ["train.epochs=5", "train.alpha=0.5", "split.trials=[1, 2]"])
     assert config.train.epochs == 5 and config.train.alpha == 0.5
     assert config.split.trials == (1, 2)
