@@ -9,6 +9,7 @@ from torch import nn
 from pipeline.vae import Evaluation
 from pipeline.vae.data import FeatureScaler
 from pipeline.vae.objective import Batch, Tensors
+from pipeline.vae.training import eval_mode
 
 EVAL_BATCH = 1024
 
@@ -41,10 +42,8 @@ def evaluate(model: nn.Module, test: Batch, evaluations: list[Evaluation],
              scaler: FeatureScaler, *, iterative_steps: int, seed: int = 0,
              precision: torch.dtype | None = None) -> dict[str, dict[str, float]]:
     """{method: {key: accuracy}} over the test set, in eval mode, in batches."""
-    was_training = model.training
-    model.eval()
     results: dict[str, dict[str, float]] = {}
-    try:
+    with eval_mode(model):
         for evaluation in evaluations:
             correct = 0
             for start in range(0, len(test), EVAL_BATCH):
@@ -53,8 +52,6 @@ def evaluate(model: nn.Module, test: Batch, evaluations: list[Evaluation],
                                seed=seed + start, precision=precision)
                 correct += int((pred == test.y[start:start + EVAL_BATCH]).sum())
             results.setdefault(evaluation.method, {})[evaluation.key] = correct / len(test)
-    finally:
-        model.train(was_training)
     return results
 
 

@@ -128,6 +128,8 @@ def fit(model: nn.Module, data: TrialData, settings: FitSettings, *,
             _save_atomic({"epoch": epoch + 1, "model": model.state_dict(),
                           "optimizer": optimizer.state_dict(),
                           "torch_rng": torch.get_rng_state(),
+                          "cuda_rng": (torch.cuda.get_rng_state_all()
+                                       if device.type == "cuda" else []),
                           "numpy_rng": rng.bit_generator.state, "history": history,
                           "fingerprint": fingerprint or {}}, checkpoint)
     bar.close()
@@ -148,14 +150,16 @@ def _resume(checkpoint: Path | None, fingerprint: dict[str, Any] | None, model: 
     """Load `checkpoint` if it belongs to this run; return the first epoch to train."""
     if checkpoint is None or not checkpoint.is_file():
         return 0
-    state = torch.load(checkpoint, map_location=next(model.parameters()).device,
-                       weights_only=True)
+    # On the CPU: RNG states must stay there; load_state_dict moves weights to the device.
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if state.get("fingerprint") != (fingerprint or {}):
         tqdm.write(f"{checkpoint}: written for other parameters or data; starting afresh")
         return 0
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"]:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     rng.bit_generator.state = state["numpy_rng"]
     history.extend(state["history"])
     tqdm.write(f"{checkpoint}: resuming after epoch {state['epoch']}")
