@@ -93,10 +93,11 @@ def fit(model: nn.Module, data: TrialData, settings: FitSettings, *,
                         f"got {n_l} and {n_u}")
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    device = next(model.parameters()).device
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr,
+                                 fused=device.type == "cuda")
     history: list[dict[str, float]] = []
     start = _resume(checkpoint, fingerprint, model, optimizer, rng, history)
-    device = next(model.parameters()).device
     dtype = autocast_dtype(settings.precision)
     model.train()
     bar = tqdm(range(start, settings.epochs), desc="epochs", disable=not progress,
