@@ -37,7 +37,8 @@ def test_profile_changes_only_listed_keys(tmp_path):
 
 
 def test_set_overrides_profile_and_file(tmp_path):
-    path = write_params(tmp_path, {"profile": "small", "profiles": {"small": {"train": {"epochs": 3}}}})
+    path = write_params(tmp_path, {"profile": "small",
+                                   "profiles": {"small": {"train": {"epochs": 3}}}})
     config = load_config(path, ["train.epochs=5", "train.alpha=0.5", "split.trials=[1, 2]"])
     assert config.train.epochs == 5 and config.train.alpha == 0.5
     assert config.split.trials == (1, 2)
