@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.stages import load, run_stage, stage_parser
+from pipeline.stages import code_stamp, load, run_stage, stage_parser
 from pipeline.vae import MODELS
 from pipeline.vae.experiment import train_and_evaluate
 
@@ -19,6 +19,7 @@ def main(argv: list[str]) -> int:
 
     def body() -> None:
         config = load(args)
+        code_stamp(args.out, ["vae", "store.py"], ["checkpoint.pt"])
         metrics = train_and_evaluate(args.features, args.model, config.train, args.out,
                                      progress=not args.no_progress)
         accuracy = ", ".join(f"{k} {v:.3f}" for k, v in metrics["accuracy"].items())
