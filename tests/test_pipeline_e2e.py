@@ -8,6 +8,7 @@ the paper profile validates without network and its download fails with a clear 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -146,26 +147,29 @@ def test_killed_training_resumes_from_its_checkpoint(repo):
     out = repo / "models/vae/ss_hmvae/trial-1"
     args = ["repro", "-s", "train@ss_hmvae-1"]
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["profiles"]["demo"]["train"]["epochs"] = 150
+    params["profiles"]["demo"]["train"]["epochs"] = 300
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    started = time.time()
     proc = subprocess.Popen([str(BIN / "dvc"), *args], cwd=repo, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    try:
+    try:  # kill it once this run has written its first checkpoint (the old one is kept)
         deadline = time.monotonic() + 300
-        while not (out / "checkpoint.pt").is_file() or (out / "metrics.json").exists():
+        while not (out / "checkpoint.pt").is_file() or (
+                (out / "checkpoint.pt").stat().st_mtime <= started):
             assert proc.poll() is None, "training ended before it could be killed"
             assert time.monotonic() < deadline
-            time.sleep(0.2)
-        time.sleep(1.0)
+            time.sleep(0.1)
+        time.sleep(0.3)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (out / "metrics.json").exists()  # a killed stage never looks complete
     assert "train@ss_hmvae-1" in dvc(repo, "status", "train@ss_hmvae-1").stdout
     resumed = dvc(repo, *args)
     assert re.search(r"checkpoint\.pt: resuming after epoch [1-9]", resumed.stdout)
-    assert json.loads((out / "metrics.json").read_text())["epochs"] == 150
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 300
     assert "train@ss_hmvae-1" not in dvc(repo, "status", "train@ss_hmvae-1").stdout
 
 
