@@ -56,9 +56,12 @@ def code_stamp(out: Path, packages: Sequence[str], resumable: Sequence[str]) -> 
 
     DVC keeps `persist: true` outputs when it re-runs a stage, also when the re-run is due to
     changed code; the checkpoints' own fingerprints cover parameters and data, not code. So
-    `out/code.sha256` records the hash of the package sources, and the files `resumable`
-    are deleted when it differs (or is missing) before the stage starts.
+    `out/code.sha256` records the hash of the package sources, and the files `resumable` are
+    deleted when it differs. Call it before the work (a missing `out` is left alone, so bad
+    input still writes nothing) and after it; a run killed before its first stamp resumes.
     """
+    if not out.is_dir():
+        return
     root = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
     for package in packages:
@@ -67,11 +70,10 @@ def code_stamp(out: Path, packages: Sequence[str], resumable: Sequence[str]) -> 
             digest.update(path.relative_to(root).as_posix().encode() + b"\0")
             digest.update(path.read_bytes())
     stamp, current = out / "code.sha256", digest.hexdigest()
-    if not stamp.is_file() or stamp.read_text().strip() != current:
+    if stamp.is_file() and stamp.read_text().strip() != current:
         for name in resumable:
             target = out / name
             if target.is_file():
                 print(f"{target}: written by other code; starting afresh", file=sys.stderr)
                 target.unlink()
-        out.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(current + "\n")
+    stamp.write_text(current + "\n")

@@ -39,6 +39,7 @@ def main(argv: list[str]) -> int:
         np.random.seed(params.seed)
         torch.manual_seed(params.seed)
         out = Path(args.out or f"models/vgg16/trial-{args.trial}-{args.modality}")
+        out.mkdir(parents=True, exist_ok=True)
         code_stamp(out, ["features", "store.py"], ["state.pt", "model.pt", "metrics.json"])
         config.dump(out / "config.json")
         metrics = finetune(images=args.images, splits=args.splits, trial=args.trial,

@@ -19,9 +19,11 @@ def main(argv: list[str]) -> int:
 
     def body() -> None:
         config = load(args)
-        code_stamp(args.out, ["vae", "store.py"], ["checkpoint.pt"])
+        code = (args.out, ["vae", "store.py"], ["checkpoint.pt"])
+        code_stamp(*code)
         metrics = train_and_evaluate(args.features, args.model, config.train, args.out,
                                      progress=not args.no_progress)
+        code_stamp(*code)
         accuracy = ", ".join(f"{k} {v:.3f}" for k, v in metrics["accuracy"].items())
         print(f"{args.model}: accuracy {accuracy} -> {args.out / 'metrics.json'}")
 
