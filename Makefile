@@ -25,8 +25,13 @@ lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# `python` in the stages' commands (dvc.yaml) must be the environment's. THREADS: torch's
+# threads per stage; on a small shared CPU one thread is far faster than two fighting other
+# jobs (10x for the demo's train stage on the 2-core development machine); `make run THREADS=2`
+# for two.
+THREADS ?= 1
 run: setup
-	$(VENV)/bin/dvc repro
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" OMP_NUM_THREADS=$(THREADS) $(VENV)/bin/dvc repro
 
 bench: setup
 	$(PY) bench/bench_train_step.py

@@ -269,20 +269,30 @@ def load_config(
     # `--set profile=...` must pick the profile before the profile's values are applied.
     profile = next((v for k, v in reversed(sets) if k == "profile"), raw.pop("profile", "paper"))
     raw.pop("profile", None)
+    # `trials` (top level) is what dvc.yaml's matrix runs; checked against split.trials below.
+    dvc_trials = next((v for k, v in reversed(sets) if k == "trials"), raw.pop("trials", None))
+    raw.pop("trials", None)
     if not isinstance(profiles, dict):
         raise ConfigError(f"{where}: profiles: expected a mapping, got {type(profiles).__name__}")
     if profile != "paper" and profile not in profiles:
         allowed = ", ".join(sorted({"paper", *profiles}))
         raise ConfigError(f"{where}: profile: unknown profile {profile!r}; "
                           f"expected one of {allowed}")
-    for section, values in (profiles.get(profile) or {}).items():
+    chosen = profiles.get(profile) or {}
+    if not isinstance(chosen, dict):
+        raise ConfigError(f"{where}: profiles.{profile}: expected a mapping of sections, "
+                          f"got {chosen!r}")
+    for section, values in chosen.items():
         origin = f"{where}: profiles.{profile}.{section}"
         if not isinstance(values, dict):
             raise ConfigError(f"{origin}: expected a mapping of keys, got {values!r}")
+        if section == "train" and "models" in values:
+            raise ConfigError(f"{origin}.models: a profile cannot change train.models "
+                              "(dvc.yaml's matrix reads train.models itself); edit train.models")
         for key, value in values.items():
             _assign(raw, f"{section}.{key}", value, origin)
     for key, value in sets:
-        if key != "profile":
+        if key not in ("profile", "trials"):
             _assign(raw, key, value, "--set")
     sections = {}
     for name, section in raw.items():
@@ -296,7 +306,28 @@ def load_config(
             getattr(config, name).check()
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from None
+    _check_dvc_keys(config, profiles, dvc_trials, where)
     return config
+
+
+def _check_dvc_keys(config: Config, profiles: dict[str, Any], trials: Any, where: str) -> None:
+    """What dvc.yaml reads by templating must agree with the effective configuration.
+
+    dvc.yaml runs `trials` (top level) and tracks `profiles.<profile>.<section>` for each
+    stage, so a params file that has either must keep them consistent with the rest.
+    """
+    if trials is not None and (not isinstance(trials, list)
+                               or tuple(trials) != config.split.trials):
+        raise ConfigError(f"{where}: trials: expected the effective split.trials "
+                          f"{list(config.split.trials)} of profile {config.profile!r} (dvc.yaml "
+                          f"runs one stage per entry of `trials`), got {trials!r}")
+    if trials is not None and config.profile in profiles:
+        missing = [s for s in SECTIONS if s not in (profiles[config.profile] or {})]
+        if missing:
+            raise ConfigError(f"{where}: profiles.{config.profile}: missing sections "
+                              f"{', '.join(missing)}; list every section, `{{}}` where the "
+                              "profile changes nothing (dvc.yaml tracks "
+                              "profiles.<profile>.<section>)")
 
 
 def _section_class(name: str) -> type:

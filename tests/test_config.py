@@ -18,7 +18,7 @@ def write_params(tmp_path: Path, data: dict) -> Path:
 
 def test_project_params_load_for_every_profile():
     demo = load_config(ROOT / "params.yaml")
-    paper = load_config(ROOT / "params.yaml", ["profile=paper"])
+    paper = load_config(ROOT / "params.yaml", ["profile=paper", f"trials={list(range(1, 11))}"])
     assert demo.profile == "demo" and paper.profile == "paper"
     # The paper profile is the sections as written: the values of Section 4 / Appendix C.
     assert (paper.train.alpha, paper.train.beta, paper.train.lr) == (1.0, 1.0, 1e-4)
@@ -86,3 +86,21 @@ def test_dump_round_trips(tmp_path):
     config.dump(tmp_path / "config.json")
     text = (tmp_path / "config.json").read_text()
     assert '"beta": 2.0' in text and '"profile": "demo"' in text
+
+
+def test_dvc_trials_must_equal_the_effective_split_trials():
+    with pytest.raises(ConfigError, match=r"trials: expected the effective split.trials "
+                       r"\[1, 2, 3, 4, 5, 6, 7, 8, 9, 10\] of profile 'paper'.*got \[1, 2\]"):
+        load_config(ROOT / "params.yaml", ["profile=paper"])
+    assert load_config(ROOT / "params.yaml", ["trials=[1, 2]"]).split.trials == (1, 2)
+
+
+def test_profile_used_by_dvc_lists_every_section_and_keeps_models(tmp_path):
+    path = write_params(tmp_path, {"profile": "p", "trials": [1],
+                                   "profiles": {"p": {"split": {"trials": [1]}}}})
+    with pytest.raises(ConfigError, match=r"profiles.p: missing sections download, preprocess"):
+        load_config(path)
+    path = write_params(tmp_path, {"profile": "p",
+                                   "profiles": {"p": {"train": {"models": ["m2"]}}}})
+    with pytest.raises(ConfigError, match=r"profiles.p.train.models: a profile cannot change"):
+        load_config(path)

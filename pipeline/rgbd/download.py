@@ -230,8 +230,14 @@ def obtain(source: str, cache: Path, *, size: int, sha256: str, retries: int,
     """The local file for `source`: downloaded into `cache`, or a local file used in place."""
     if is_url(source):
         dest = cache / _source_name(source)
-        fetch(source, dest, size=size, sha256=sha256, retries=retries, timeout_s=timeout_s,
-              backoff_s=backoff_s, progress=progress)
+        try:
+            fetch(source, dest, size=size, sha256=sha256, retries=retries,
+                  timeout_s=timeout_s, backoff_s=backoff_s, progress=progress)
+        except DownloadError as err:
+            raise DownloadError(f"{err}. Without network, fetch {source} on another machine "
+                                f"and put it at {dest} (used as is), or give its local path "
+                                "(download --url for the archive, --splits-url for the "
+                                "trials file)") from err
         return dest
     path = local_path(source)
     if not path.is_file():

@@ -8,8 +8,10 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from pipeline.config import Config, load_config
 from pipeline.errors import UserError
@@ -47,3 +49,31 @@ def run_stage(body: Callable[[], int | None]) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def code_stamp(out: Path, packages: Sequence[str], resumable: Sequence[str]) -> None:
+    """Let a checkpoint in `out` be resumed only by the code that wrote it.
+
+    DVC keeps `persist: true` outputs when it re-runs a stage, also when the re-run is due to
+    changed code; the checkpoints' own fingerprints cover parameters and data, not code. So
+    `out/code.sha256` records the hash of the package sources, and the files `resumable` are
+    deleted when it differs. Call it before the work (a missing `out` is left alone, so bad
+    input still writes nothing) and after it; a run killed before its first stamp resumes.
+    """
+    if not out.is_dir():
+        return
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for package in packages:
+        for path in sorted((root / package).glob("*.py") if (root / package).is_dir()
+                           else [root / package]):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes())
+    stamp, current = out / "code.sha256", digest.hexdigest()
+    if stamp.is_file() and stamp.read_text().strip() != current:
+        for name in resumable:
+            target = out / name
+            if target.is_file():
+                print(f"{target}: written by other code; starting afresh", file=sys.stderr)
+                target.unlink()
+    stamp.write_text(current + "\n")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pipeline.features.finetune import MODALITIES, finetune
-from pipeline.stages import load, run_stage, stage_parser
+from pipeline.stages import code_stamp, load, run_stage, stage_parser
 
 
 def main(argv: list[str]) -> int:
@@ -40,6 +40,7 @@ def main(argv: list[str]) -> int:
         torch.manual_seed(params.seed)
         out = Path(args.out or f"models/vgg16/trial-{args.trial}-{args.modality}")
         out.mkdir(parents=True, exist_ok=True)
+        code_stamp(out, ["features", "store.py"], ["state.pt", "model.pt", "metrics.json"])
         config.dump(out / "config.json")
         metrics = finetune(images=args.images, splits=args.splits, trial=args.trial,
                            modality=args.modality, out=out, config=params,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.stages import load, run_stage, stage_parser
+from pipeline.stages import code_stamp, load, run_stage, stage_parser
 from pipeline.vae import MODELS
 from pipeline.vae.experiment import train_and_evaluate
 
@@ -19,8 +19,11 @@ def main(argv: list[str]) -> int:
 
     def body() -> None:
         config = load(args)
+        code = (args.out, ["vae", "store.py"], ["checkpoint.pt"])
+        code_stamp(*code)
         metrics = train_and_evaluate(args.features, args.model, config.train, args.out,
                                      progress=not args.no_progress)
+        code_stamp(*code)
         accuracy = ", ".join(f"{k} {v:.3f}" for k, v in metrics["accuracy"].items())
         print(f"{args.model}: accuracy {accuracy} -> {args.out / 'metrics.json'}")
 

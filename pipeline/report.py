@@ -1,0 +1,164 @@
+"""Table 1: per-trial accuracies of every model aggregated to mean ± std, as JSON, Markdown, PNG.
+
+Rows follow the paper (models in `train.models` order, SS-HMVAE's iterative sampling as its
+own row) plus the fine-tuned VGG16 networks as the supervised reference; columns are the
+input modalities and their joint key (`rgb`, `depth`, `rgb+depth`). Accuracies are percent;
+std is the sample standard deviation over the trials run (ddof = 1; 0 for one trial).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import UserError
+
+KEYS = ("rgb", "depth", "rgb+depth")
+VGG16_ROW = "vgg16"
+ITERATIVE_ROW = "ss_hmvae_iterative"
+
+# Suzuki & Matsuo, Table 1: mean and std (%) over 10 trials, 5% labelled.
+PAPER_TABLE1: dict[str, dict[str, tuple[float, float]]] = {
+    "m2": {"rgb": (85.6, 1.6), "depth": (72.0, 1.7)},
+    "sdgm": {"rgb": (85.6, 1.9), "depth": (75.8, 1.7)},
+    "ss_mvae": {"rgb": (79.6, 1.8), "depth": (34.4, 7.0), "rgb+depth": (89.9, 1.7)},
+    "ss_hmvae": {"rgb": (85.4, 2.2), "depth": (41.5, 6.7), "rgb+depth": (90.6, 1.6)},
+    ITERATIVE_ROW: {"rgb": (86.4, 2.1), "depth": (54.8, 1.9), "rgb+depth": (90.6, 1.6)},
+    "ss_hmvae_kl": {"rgb": (86.8, 2.2), "depth": (81.1, 2.4), "rgb+depth": (90.2, 1.4)},
+}
+
+
+@dataclass
+class Row:
+    """One line of the table: per key, the accuracy (fraction) of each trial in order."""
+
+    id: str
+    title: str
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    def stats(self, key: str) -> tuple[float, float, int] | None:
+        """(mean %, std %, n) for `key`, or None when the model has no such input."""
+        xs = [100.0 * v for v in self.values.get(key, [])]
+        if not xs:
+            return None
+        mean = sum(xs) / len(xs)
+        var = sum((x - mean) ** 2 for x in xs) / (len(xs) - 1) if len(xs) > 1 else 0.0
+        return mean, math.sqrt(var), len(xs)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise UserError(f"{path}: metrics file not found (has its stage run?)") from err
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON: {err}") from err
+
+
+def collect(*, vae: Path, vgg16: Path, models: Sequence[str], trials: Sequence[int],
+            titles: dict[str, str]) -> list[Row]:
+    """Read `vae/<model>/trial-K/metrics.json` and `vgg16/trial-K-<modality>/metrics.json`."""
+    rows: list[Row] = []
+    for model in models:
+        row = Row(model, titles[model])
+        iterative = Row(ITERATIVE_ROW, f"{titles[model]} (iterative sampling)")
+        for trial in trials:
+            path = vae / model / f"trial-{trial}" / "metrics.json"
+            metrics = _read_json(path)
+            for target, section in ((row, "accuracy"), (iterative, "accuracy_iterative")):
+                for key, value in (metrics.get(section) or {}).items():
+                    target.values.setdefault(key, []).append(float(value))
+        rows.append(row)
+        if iterative.values:
+            rows.append(iterative)
+    reference = Row(VGG16_ROW, "VGG16 fine-tuned, labelled only (supervised reference)")
+    for trial in trials:
+        for modality in ("rgb", "depth"):
+            path = vgg16 / f"trial-{trial}-{modality}" / "metrics.json"
+            accuracy = _read_json(path).get("test_accuracy")
+            if not isinstance(accuracy, (int, float)):
+                raise UserError(f"{path}: expected a number test_accuracy, got {accuracy!r}")
+            reference.values.setdefault(modality, []).append(float(accuracy))
+    rows.append(reference)
+    return rows
+
+
+def to_json(rows: Sequence[Row], *, profile: str, trials: Sequence[int],
+            paper: bool) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    for row in rows:
+        cells = {}
+        for key in KEYS:
+            stats = row.stats(key)
+            if stats is not None:
+                cells[key] = {"mean": round(stats[0], 2), "std": round(stats[1], 2)}
+                if paper and key in PAPER_TABLE1.get(row.id, {}):
+                    cells[key]["paper_mean"], cells[key]["paper_std"] = PAPER_TABLE1[row.id][key]
+        table[row.id] = cells
+    return {"profile": profile, "trials": list(trials), "unit": "accuracy %", "table1": table}
+
+
+def _cell(stats: tuple[float, float, int] | None) -> str:
+    return "–" if stats is None else f"{stats[0]:.1f} ± {stats[1]:.1f}"
+
+
+def to_markdown(rows: Sequence[Row], *, profile: str, trials: Sequence[int],
+                paper: bool) -> str:
+    head = ["model", "RGB", "depth", "RGB+depth"]
+    if paper:
+        head += ["paper RGB", "paper depth", "paper RGB+depth"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row.title] + [_cell(row.stats(k)) for k in KEYS]
+        if paper:
+            ref = PAPER_TABLE1.get(row.id, {})
+            cells += [f"{ref[k][0]} ± {ref[k][1]}" if k in ref else "–" for k in KEYS]
+        lines.append("| " + " | ".join(cells) + " |")
+    note = (f"Accuracy (%) on the held-out instances, mean ± std (sample, ddof = 1) over "
+            f"{len(trials)} trial(s) {list(trials)}; profile `{profile}`.")
+    if not paper:
+        note += (" The paper's numbers are shown only for the paper profile (this profile's "
+                 "data and settings are not comparable with them).")
+    return "# Table 1\n\n" + "\n".join(lines) + "\n\n" + note + "\n"
+
+
+def plot(rows: Sequence[Row], path: Path, *, title: str) -> None:
+    """Grouped bars (one group per row, one bar per input) with ± std error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / len(KEYS)
+    for i, key in enumerate(KEYS):
+        xs, means, stds = [], [], []
+        for j, row in enumerate(rows):
+            stats = row.stats(key)
+            if stats is not None:
+                xs.append(j + (i - 1) * width)
+                means.append(stats[0])
+                stds.append(stats[1])
+        ax.bar(xs, means, width, yerr=stds, capsize=2, label=key)
+    ax.set_xticks(range(len(rows)), [r.title for r in rows], rotation=20, ha="right",
+                  fontsize=8)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".partial")
+    fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)

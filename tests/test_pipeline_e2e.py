@@ -1,0 +1,194 @@
+"""The DVC pipeline end to end, on a tiny profile, in a temporary git repository.
+
+The recipe of PRIOR-ART.md: copy the project's files, `git init` with one commit, shrink the
+demo profile, `dvc repro`, then `dvc status` must be clean; `dvc exp run -S train.alpha=...`
+must re-run only `train` and `report`; a killed training stage resumes from its checkpoint;
+the paper profile validates without network and its download fails with a clear message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TINY = {  # the demo profile, shrunk so that the whole chain takes about a minute
+    "download": {"source": "synthetic", "synthetic_categories": 3, "synthetic_instances": 2,
+                 "synthetic_frames": 1},
+    "preprocess": {"size": 32, "workers": 1},
+    "split": {"trials": [1, 2], "labeled_fraction": 0.2},
+    "finetune": {"weights": "none", "epochs": 1, "image_size": 32, "batch_size": 8},
+    "extract": {"batch_size": 16},
+    "train": {"epochs": 2, "hidden": 16, "a_dim": 8, "z_dim": 8, "iterative_steps": 2,
+              "batch_size": 16, "labeled_batch_size": 8},
+    "report": {},
+}
+MODELS = ["m2", "ss_hmvae", "mlp"]
+
+pytestmark = pytest.mark.slow
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, DVC_NO_ANALYTICS="true", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
+               GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
+               GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
+               OMP_NUM_THREADS="1")  # tiny models: one thread beats two on a shared CPU
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def run(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, cwd=repo, env=_env(), capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run(repo, str(BIN / "dvc"), *args, check=check)
+
+
+def make_repo(dest: Path, edit) -> Path:
+    """Copy the project's files (tracked or not ignored) into a fresh git repo, one commit."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file() and not name.startswith(("dvc.lock", "data/", "models/",
+                                                            "reports/")):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    edit(params)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(dest, "git", "init", "-q")
+    run(dest, "git", "add", "-A")
+    run(dest, "git", "commit", "-qm", "copy")
+    return dest
+
+
+def tiny(params: dict) -> None:
+    params["profile"] = "demo"
+    params["trials"] = [1, 2]
+    params["profiles"]["demo"] = TINY
+    params["train"]["models"] = MODELS
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+FIRST_REPRO: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """The tiny project after one `dvc repro`, its results committed as a baseline."""
+    path = make_repo(tmp_path_factory.mktemp("e2e"), tiny)
+    FIRST_REPRO["stdout"] = dvc(path, "repro").stdout
+    run(path, "git", "add", "-A")
+    run(path, "git", "commit", "-qm", "dvc repro")
+    return path
+
+
+def test_repro_runs_every_stage_and_leaves_status_clean(repo):
+    stages = {line.split()[0] for line in dvc(repo, "stage", "list").stdout.splitlines()}
+    assert {"download", "preprocess", "split", "finetune@1-rgb", "finetune@2-depth",
+            "extract@1", "extract@2", "train@ss_hmvae-2", "report"} <= stages
+    assert ran_stages(FIRST_REPRO["stdout"]) == stages
+    assert "Data and pipelines are up to date." in dvc(repo, "status").stdout
+    assert ran_stages(dvc(repo, "repro").stdout) == set()  # nothing changed: nothing runs
+
+
+def test_metrics_hold_real_accuracies(repo):
+    for model in MODELS:
+        for trial in (1, 2):
+            metrics = json.loads((repo / f"models/vae/{model}/trial-{trial}/metrics.json")
+                                 .read_text())
+            assert metrics["model"] == model
+            keys = {"rgb", "depth"} | ({"rgb+depth"} if model != "m2" else set())
+            assert keys <= set(metrics["accuracy"])
+            assert all(0.0 <= v <= 1.0 for v in metrics["accuracy"].values())
+    table = json.loads((repo / "reports/table1.json").read_text())
+    assert set(table["table1"]) == {"m2", "ss_hmvae", "ss_hmvae_iterative", "mlp", "vgg16"}
+    cell = table["table1"]["ss_hmvae"]["rgb+depth"]
+    assert 0.0 <= cell["mean"] <= 100.0 and cell["std"] >= 0.0
+    assert "paper_mean" not in cell  # the paper's numbers only beside the paper profile
+    markdown = (repo / "reports/table1.md").read_text()
+    assert "| SS-HMVAE (iterative sampling) |" in markdown and " ± " in markdown
+    assert (repo / "reports/table1.png").read_bytes()[:4] == b"\x89PNG"
+    shown = json.loads(dvc(repo, "metrics", "show", "--json").stdout)
+    text = json.dumps(shown)
+    assert "reports/table1.json" in text and "models/vae/ss_hmvae/trial-1/metrics.json" in text
+
+
+def test_exp_run_alpha_reruns_only_train_and_report(repo):
+    proc = dvc(repo, "exp", "run", "-S", "train.alpha=0.5")
+    expected = {f"train@{m}-{t}" for m in MODELS for t in (1, 2)} | {"report"}
+    assert ran_stages(proc.stdout) == expected
+    shown = dvc(repo, "exp", "show", "--no-pager", "--csv").stdout
+    assert "train.alpha" in shown and "0.5" in shown
+
+
+def test_killed_training_resumes_from_its_checkpoint(repo):
+    run(repo, "git", "checkout", "--", "params.yaml", "dvc.lock")  # the committed params
+    out = repo / "models/vae/ss_hmvae/trial-1"
+    args = ["repro", "-s", "train@ss_hmvae-1"]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["profiles"]["demo"]["train"]["epochs"] = 300
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    started = time.time()
+    proc = subprocess.Popen([str(BIN / "dvc"), *args], cwd=repo, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:  # kill it once this run has written its first checkpoint (the old one is kept)
+        deadline = time.monotonic() + 300
+        while not (out / "checkpoint.pt").is_file() or (
+                (out / "checkpoint.pt").stat().st_mtime <= started):
+            assert proc.poll() is None, "training ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(0.3)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / "metrics.json").exists()  # a killed stage never looks complete
+    assert "train@ss_hmvae-1" in dvc(repo, "status", "train@ss_hmvae-1").stdout
+    resumed = dvc(repo, *args)
+    assert re.search(r"checkpoint\.pt: resuming after epoch [1-9]", resumed.stdout)
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 300
+    assert "train@ss_hmvae-1" not in dvc(repo, "status", "train@ss_hmvae-1").stdout
+
+
+def paper_offline(params: dict) -> None:
+    params["profile"] = "paper"
+    params["trials"] = list(range(1, 11))
+    params["download"]["url"] = "http://127.0.0.1:9/rgbd-dataset_eval.zip"  # refused at once
+    params["download"]["retries"] = 0
+
+
+def test_paper_profile_validates_and_fails_clearly_offline(tmp_path):
+    repo = make_repo(tmp_path, paper_offline)
+    assert "train@ss_hmvae_kl-10" in dvc(repo, "dag", "--dot").stdout
+    assert "download" in dvc(repo, "status").stdout
+    bad = run(repo, sys.executable, "-m", "pipeline", "split", "--set", "trials=[1, 2]",
+              check=False)
+    assert bad.returncode == 2 and "trials: expected the effective split.trials" in bad.stderr
+    proc = dvc(repo, "repro", "download", check=False)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output
+    assert "put it at data/downloads/rgbd-dataset_eval.zip" in output and "--url" in output
