@@ -22,9 +22,9 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import TrainConfig
+from pipeline.devices import resolve_device
 from pipeline.vae import build_model
 from pipeline.vae.objective import Batch
-from pipeline.vae.training import resolve_device
 
 
 def sync(device: torch.device) -> None:

@@ -12,11 +12,11 @@ import torch
 from torchvision.models import vgg16
 
 from pipeline.config import ConfigError, load_config
+from pipeline.devices import resolve_device
 from pipeline.features.vgg import (
     WeightsError,
     build_vgg16,
     initial_weights,
-    resolve_device,
     to_input,
 )
 

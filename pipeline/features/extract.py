@@ -19,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.config import ExtractConfig
+from pipeline.devices import resolve_device
 from pipeline.errors import UserError
 from pipeline.features import vgg
 from pipeline.store import FeaturesWriter, TrialSplit, open_images, read_images_index, read_split
@@ -91,7 +92,7 @@ def extract_features(*, images: str | Path, splits: str | Path, trial: int,
                      checkpoints: Mapping[str, str | Path], out: str | Path,
                      config: ExtractConfig) -> dict[str, Any]:
     """Write `out` for every frame of `trial`; return its provenance attributes."""
-    device = vgg.resolve_device(config.device)
+    device = resolve_device(config.device)
     dtype = vgg.autocast_dtype(config.precision, device)
     index = read_images_index(images)
     split = read_split(splits, trial, index.frame)

@@ -34,6 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.config import FinetuneConfig
+from pipeline.devices import resolve_device
 from pipeline.errors import UserError
 from pipeline.features import vgg
 from pipeline.store import TrialSplit, open_images, read_images_index, read_split
@@ -196,7 +197,7 @@ def finetune(*, images: str | Path, splits: str | Path, trial: int, modality: st
         raise ValueError(f"expected modality in {MODALITIES}, got {modality!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    device = vgg.resolve_device(config.device)
+    device = resolve_device(config.device)
     index = read_images_index(images)
     split = read_split(splits, trial, index.frame)
     train_mask = split.is_labeled & ~split.is_test

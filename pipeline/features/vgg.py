@@ -149,15 +149,6 @@ def load_vgg16(num_classes: int, weights: dict[str, torch.Tensor]) -> nn.Module:
     return model
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when present; asking for CUDA without one is a user error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name!r}: CUDA is not available on this machine; use auto or cpu")
-    return torch.device(name)
-
-
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16 autocast on CUDA by default; fp32 on CPU unless bf16 is asked for explicitly."""
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):

@@ -19,12 +19,13 @@ from typing import Any
 import torch
 
 from pipeline.config import TrainConfig
+from pipeline.devices import resolve_device
 from pipeline.errors import UserError
 from pipeline.store import read_features
 from pipeline.vae import MODELS, build_model
 from pipeline.vae.data import prepare
 from pipeline.vae.evaluate import evaluate, table_row
-from pipeline.vae.training import FitSettings, autocast_dtype, fit, resolve_device
+from pipeline.vae.training import FitSettings, autocast_dtype, fit
 
 
 def file_sha256(path: Path) -> str:

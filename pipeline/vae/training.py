@@ -40,14 +40,6 @@ class FitSettings:
     precision: str = "fp32"  # "bf16": autocast to bfloat16 on the training device
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but CUDA is not available here")
-    return torch.device(name)
-
-
 def autocast_dtype(precision: str) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else None
 
