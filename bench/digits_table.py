@@ -64,7 +64,8 @@ def table(runs: dict[str, list[dict]]) -> str:
         cells = []
         for key in keys:
             values = [100 * a[key] for a in accs if key in a]
-            cells.append(f"{np.mean(values):.1f} ± {np.std(values):.1f}" if values else "–")
+            spread = np.std(values, ddof=1) if len(values) > 1 else 0.0
+            cells.append(f"{np.mean(values):.1f} ± {spread:.1f}" if values else "–")
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
