@@ -189,6 +189,9 @@ class TrainConfig:
     iterative_steps: int = 100  # Appendix D
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     precision: str = "fp32"  # autocast dtype on the training device: bf16 or fp32
+    # torch.compile the loss: auto = on CUDA (fewer, fused kernels; minutes to compile),
+    # never on the CPU by default (a minute to compile, and its own random numbers)
+    compile: Literal["auto", "always", "never"] = "auto"
     seed: int = 0
     device: str = "auto"
 
@@ -214,6 +217,17 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class LaunchConfig:
+    """How the finetune and train stages run: one process, or data-parallel under torchrun."""
+
+    processes: int = 1  # per machine; > 1 restarts the stage under torchrun (one GPU each)
+    backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on CUDA, gloo on CPU
+
+    def check(self) -> None:
+        _require(self.processes >= 1, "launch.processes", self.processes, "an integer >= 1")
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     paper_reference: bool = True  # print the paper's Table 1 beside ours
 
@@ -231,6 +245,7 @@ class Config:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
