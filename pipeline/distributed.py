@@ -26,7 +26,6 @@ from typing import ClassVar
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -113,6 +112,26 @@ def shard(indices: np.ndarray, world: World) -> np.ndarray:
     return indices[world.rank * per:(world.rank + 1) * per]
 
 
+class _SumOverProcesses(torch.autograd.Function):
+    """all_reduce(SUM) with its gradient: the sum of the gradients of every process's use."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def sum_over_processes(x: torch.Tensor) -> torch.Tensor:
+    return _SumOverProcesses.apply(x)
+
+
 class GlobalBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm1d whose training statistics are those of the batch across all processes.
 
@@ -126,10 +145,10 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
             return super().forward(x)
         xf = x.float()
         count = torch.tensor([float(len(xf))], device=xf.device)
-        total = dist_fn.all_reduce(torch.cat([xf.sum(0), count]))
+        total = sum_over_processes(torch.cat([xf.sum(0), count]))
         n = total[-1]
         mean = total[:-1] / n
-        var = dist_fn.all_reduce(((xf - mean) ** 2).sum(0)) / n
+        var = sum_over_processes(((xf - mean) ** 2).sum(0)) / n
         with torch.no_grad():
             m = self.momentum
             self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
@@ -147,11 +166,9 @@ def global_batchnorm(module: nn.Module) -> nn.Module:
         if type(child) is nn.BatchNorm1d:
             if not child.track_running_stats or child.momentum is None:
                 raise ValueError(f"{name}: only BatchNorm1d with running stats and a momentum")
-            replacement = GlobalBatchNorm1d(child.num_features, child.eps, child.momentum,
-                                            child.affine, child.track_running_stats,
-                                            device=child.running_mean.device)
-            replacement.load_state_dict(child.state_dict())
-            replacement.train(child.training)
+            # The same parameter and buffer objects: an optimizer holding them stays valid.
+            replacement = GlobalBatchNorm1d.__new__(GlobalBatchNorm1d)
+            replacement.__dict__ = child.__dict__
             setattr(module, name, replacement)
         else:
             global_batchnorm(child)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline import distributed
+from pipeline.devices import resolve_device
 from pipeline.stages import code_stamp, load, run_stage, stage_parser
 from pipeline.vae import MODELS
 from pipeline.vae.experiment import train_and_evaluate
@@ -17,14 +19,25 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
 
-    def body() -> None:
+    def body() -> int | None:
         config = load(args)
+        relaunched = distributed.relaunch(config.launch.processes, "train", argv)
+        if relaunched is not None:
+            return relaunched
+        world = distributed.world_from_env()
+        device = distributed.init(world, resolve_device(config.train.device),
+                                  config.launch.backend)
         code = (args.out, ["vae", "store.py"], ["checkpoint.pt"])
-        code_stamp(*code)
+        if world.is_main:
+            code_stamp(*code)
+        distributed.barrier(world)  # no process reads a checkpoint the stamp deletes
         metrics = train_and_evaluate(args.features, args.model, config.train, args.out,
-                                     progress=not args.no_progress)
-        code_stamp(*code)
-        accuracy = ", ".join(f"{k} {v:.3f}" for k, v in metrics["accuracy"].items())
-        print(f"{args.model}: accuracy {accuracy} -> {args.out / 'metrics.json'}")
+                                     progress=not args.no_progress, world=world, device=device)
+        if world.is_main:
+            code_stamp(*code)
+            accuracy = ", ".join(f"{k} {v:.3f}" for k, v in metrics["accuracy"].items())
+            print(f"{args.model}: accuracy {accuracy} -> {args.out / 'metrics.json'}")
+        distributed.shutdown(world)
+        return None
 
     return run_stage(body)

@@ -20,6 +20,7 @@ import torch
 
 from pipeline.config import TrainConfig
 from pipeline.devices import resolve_device
+from pipeline.distributed import SINGLE, World
 from pipeline.errors import UserError
 from pipeline.store import read_features
 from pipeline.vae import MODELS, build_model
@@ -37,8 +38,13 @@ def file_sha256(path: Path) -> str:
 
 
 def train_and_evaluate(features: Path, model_name: str, cfg: TrainConfig, out: Path, *,
-                       progress: bool = True, live: bool = True) -> dict[str, Any]:
-    """Validate the inputs, train, evaluate every input mode, write `out/metrics.json`."""
+                       progress: bool = True, live: bool = True, world: World = SINGLE,
+                       device: torch.device | None = None) -> dict[str, Any]:
+    """Validate the inputs, train, evaluate every input mode, write `out/metrics.json`.
+
+    Under torchrun every process trains its shards and evaluates (so each returns the
+    metrics), and only the main one writes into `out`; `device` is then this process's.
+    """
     if model_name not in MODELS:
         raise UserError(f"--model: unknown model {model_name!r}; expected one of "
                         f"{', '.join(MODELS)}")
@@ -47,21 +53,25 @@ def train_and_evaluate(features: Path, model_name: str, cfg: TrainConfig, out: P
     if spec.multimodal and len(data_file.modalities) < 2:
         raise UserError(f"{features}: model {model_name!r} needs two modalities, the file has "
                         f"{data_file.modalities}")
-    device = resolve_device(cfg.device)
+    device = device or resolve_device(cfg.device)
     data = prepare(data_file, cfg.likelihood, device)
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
     model = build_model(model_name, data.dims, len(data.categories), cfg).to(device)
     evaluations = spec.evaluations(data.modalities)
     settings = FitSettings(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                            labeled_batch_size=cfg.labeled_batch_size, seed=cfg.seed,
-                           grad_clip=cfg.grad_clip, precision=cfg.precision)
+                           grad_clip=cfg.grad_clip, precision=cfg.precision,
+                           compile=cfg.compile == "always"
+                           or (cfg.compile == "auto" and device.type == "cuda"))
     fingerprint = {"model": model_name, "features": file_sha256(features),
                    "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True)}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     cheap = [e for e in evaluations if e.method != "iterative"]
     precision = autocast_dtype(cfg.precision)
-    logger = _Live(out / "dvclive", resume=(out / "checkpoint.pt").is_file()) if live else None
+    logger = (_Live(out / "dvclive", resume=(out / "checkpoint.pt").is_file())
+              if live and world.is_main else None)
 
     def on_epoch(epoch: int, means: dict[str, float]) -> None:
         if logger is None:
@@ -71,7 +81,7 @@ def train_and_evaluate(features: Path, model_name: str, cfg: TrainConfig, out: P
         logger.log(epoch, means, accuracy)
 
     history = fit(model, data, settings, checkpoint=out / "checkpoint.pt",
-                  fingerprint=fingerprint, on_epoch=on_epoch, progress=progress)
+                  fingerprint=fingerprint, on_epoch=on_epoch, progress=progress, world=world)
     results = evaluate(model, data.test, evaluations, data.scaler,
                        iterative_steps=cfg.iterative_steps, seed=cfg.seed, precision=precision)
     metrics: dict[str, Any] = {"model": model_name, "accuracy": table_row(results, evaluations)}
@@ -86,7 +96,8 @@ def train_and_evaluate(features: Path, model_name: str, cfg: TrainConfig, out: P
         "n_test": len(data.test), "features": str(features),
         "trial": _plain(data_file.attrs.get("trial")),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if world.is_main:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if logger is not None:
         logger.close()
     return metrics

@@ -148,6 +148,8 @@ def fit(model: nn.Module, data: TrialData, settings: FitSettings, *,
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     device = next(model.parameters()).device
+    if world.distributed:
+        distributed.global_batchnorm(model)
     optimizer = make_optimizer(model, settings.lr)
     history: list[dict[str, float]] = []
     start = _resume(checkpoint, fingerprint, model, optimizer, rng, history, world)
@@ -155,7 +157,6 @@ def fit(model: nn.Module, data: TrialData, settings: FitSettings, *,
     loss_fn: nn.Module = _Loss(model)
     randomness: Callable[[], Any] = contextlib.nullcontext
     if world.distributed:
-        distributed.global_batchnorm(model)
         loss_fn = DistributedDataParallel(
             loss_fn, device_ids=[device] if device.type == "cuda" else None,
             broadcast_buffers=False)  # GlobalBatchNorm1d keeps the buffers equal
