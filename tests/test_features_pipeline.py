@@ -5,7 +5,11 @@ image size, so each step costs about a second here) and shared by the tests.
 """
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,3 +235,34 @@ def test_augment_is_seeded_and_keeps_shape():
     a = ft.augment(x, torch.Generator().manual_seed(1))
     b = ft.augment(x, torch.Generator().manual_seed(1))
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+
+
+def test_finetune_under_torchrun_equals_one_process(data, tuned, tmp_path):
+    """launch.processes=2: two gloo processes, 3 of the 6 labelled frames each per step."""
+    out = tmp_path / "trial-1-depth"
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "finetune", "--params", str(tuned["params"]),
+         "--images", str(data["images"]), "--splits", str(data["splits"]), "--trial", "1",
+         "--modality", "depth", "--out", str(out), "--set", "launch.processes=2"],
+        cwd=tmp_path, capture_output=True, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    assert "launching 2 processes" in done.stderr
+    one = torch.load(tuned["models"] / "trial-1-depth" / "model.pt", weights_only=True)
+    two = torch.load(out / "model.pt", weights_only=True)
+    assert two["meta"] == one["meta"]
+    # Equal up to the order of additions: a weight whose gradient is rounding noise gets an
+    # Adam step of either sign, so no weight may differ by a whole step (lr) and only a
+    # handful (measured: 10 of 134 million) by more than 1e-6.
+    lr = FinetuneConfig().lr
+    differ = 0
+    for name, value in one["state_dict"].items():
+        gap = (two["state_dict"][name] - value).abs()
+        assert gap.max() < lr, name
+        differ += int((gap > 1e-6).sum())
+    assert differ < 1e-6 * sum(v.numel() for v in one["state_dict"].values())
+    metrics = [json.loads((d / "metrics.json").read_text())
+               for d in (tuned["models"] / "trial-1-depth", out)]
+    assert metrics[1]["test_accuracy"] == metrics[0]["test_accuracy"]
+    assert metrics[1]["train_loss"] == pytest.approx(metrics[0]["train_loss"], rel=1e-5)

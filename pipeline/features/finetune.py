@@ -18,9 +18,11 @@ no RNG state needs saving. A run whose settings differ from the saved state star
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,8 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from pipeline import distributed
 from pipeline.config import FinetuneConfig
 from pipeline.devices import resolve_device
 from pipeline.errors import UserError
@@ -104,32 +108,52 @@ def _settings(config: FinetuneConfig, info: vgg.WeightsInfo, *, trial: int, moda
 
 def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor,
                  labels: torch.Tensor, *, config: FinetuneConfig, epoch: int,
-                 device: torch.device, bar: tqdm) -> tuple[float, float]:
+                 device: torch.device, bar: tqdm,
+                 world: distributed.World = distributed.SINGLE) -> tuple[float, float]:
+    """One pass over the labelled frames; (mean loss, accuracy) over every process's shards.
+
+    Under torchrun each process takes its equal, contiguous shard of every batch (after the
+    batch is augmented whole, so each frame is transformed as in one process), and draws
+    dropout masks through `ShardedRandomness`. The loss and the count of correct frames stay
+    on the device until the epoch ends: no host synchronisation per step.
+    """
     seed = epoch_seed(config.seed, epoch)
     torch.manual_seed(seed)  # dropout, on every device
     gen = torch.Generator().manual_seed(seed)  # shuffling and augmentation
     dtype = vgg.autocast_dtype(config.precision, device)
     model.train()
-    total_loss, correct, order = 0.0, 0, torch.randperm(len(labels), generator=gen)
+    order = torch.randperm(len(labels), generator=gen)
+    totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, frames
+    randomness = ((lambda: distributed.ShardedRandomness(world)) if world.distributed
+                  else contextlib.nullcontext)
     for batch in order.split(config.batch_size):
         x = vgg.to_input(images[batch], config.image_size, device)
         if config.augment:
             x = augment(x, gen)
         y = labels[batch].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        if world.distributed:
+            mine = torch.from_numpy(distributed.shard(np.arange(len(batch)), world))
+            if len(mine) == 0:
+                continue
+            x, y = x[mine.to(device)], y[mine.to(device)]
+        with randomness(), torch.autocast(device.type, dtype=dtype or torch.float32,
+                                          enabled=dtype is not None):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"epoch {epoch + 1}: the loss is {loss.item()}; "
-                                     "lower finetune.lr or use finetune.precision: fp32")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        total_loss += loss.item() * len(batch)
-        correct += int((logits.argmax(1) == y).sum())
+        totals += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum(),
+                               torch.tensor(len(y), device=device)]).double()
         bar.update(1)
-        bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-    return total_loss / len(labels), correct / len(labels)
+    if world.distributed:
+        torch.distributed.all_reduce(totals)
+    total_loss, correct, frames = totals.tolist()
+    if not math.isfinite(total_loss):
+        raise FloatingPointError(f"epoch {epoch + 1}: the loss is {total_loss / frames}; "
+                                 "lower finetune.lr or use finetune.precision: fp32")
+    bar.set_postfix(epoch=epoch + 1, loss=f"{total_loss / frames:.3f}")
+    return total_loss / frames, correct / frames
 
 
 @torch.inference_mode()
@@ -191,20 +215,31 @@ def _extra_meta(epochs: int) -> dict[str, Any]:
 
 
 def finetune(*, images: str | Path, splits: str | Path, trial: int, modality: str,
-             out: str | Path, config: FinetuneConfig, cache_dir: str | Path) -> dict[str, Any]:
-    """Fine-tune (or resume), write `model.pt` and `metrics.json` into `out`; return metrics."""
+             out: str | Path, config: FinetuneConfig, cache_dir: str | Path,
+             world: distributed.World = distributed.SINGLE,
+             device: torch.device | None = None) -> dict[str, Any]:
+    """Fine-tune (or resume), write `model.pt` and `metrics.json` into `out`; return metrics.
+
+    Under torchrun (`world`, the process group initialised, `device` this process's) the
+    model trains in DistributedDataParallel; the main process alone writes, evaluates and
+    returns the metrics (the others return {}).
+    """
     if modality not in MODALITIES:
         raise ValueError(f"expected modality in {MODALITIES}, got {modality!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(config.device)
+    device = device or resolve_device(config.device)
     index = read_images_index(images)
     split = read_split(splits, trial, index.frame)
     train_mask = split.is_labeled & ~split.is_test
     if not train_mask.any():
         raise UserError(f"{splits}: trial {trial} has no labelled training frame")
+    if not world.is_main:
+        distributed.barrier(world)  # the main process downloads the weights first, alone
     init, info = vgg.initial_weights(config.weights, url=config.weights_url,
                                      sha256=config.weights_sha256, cache_dir=cache_dir)
+    if world.is_main:
+        distributed.barrier(world)
     settings = _settings(config, info, trial=trial, modality=modality,
                          categories=list(index.categories),
                          data=_fingerprint(index.frame, index.label, train_mask))
@@ -217,7 +252,7 @@ def finetune(*, images: str | Path, splits: str | Path, trial: int, modality: st
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type == "cuda")
     state = _resume_state(out, settings, config.epochs)
     start, history = 0, {}
     if state is not None:
@@ -228,7 +263,9 @@ def finetune(*, images: str | Path, splits: str | Path, trial: int, modality: st
         labeled = _load_labeled(f, modality, train_mask, device, config.batch_size)
         labels = torch.from_numpy(index.label[train_mask])
         history = _train(model, opt, labeled, labels, config=config, start=start, out=out,
-                         settings=settings, device=device) or history
+                         settings=settings, device=device, world=world) or history
+        if not world.is_main:
+            return {}
         accuracy = evaluate(model, f, modality, split.is_test, index.label,
                             image_size=config.image_size, batch_size=config.batch_size,
                             device=device, precision=config.precision)
@@ -237,20 +274,27 @@ def finetune(*, images: str | Path, splits: str | Path, trial: int, modality: st
 
 def _train(model: nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor,
            labels: torch.Tensor, *, config: FinetuneConfig, start: int, out: Path,
-           settings: dict[str, Any], device: torch.device) -> dict[str, float]:
+           settings: dict[str, Any], device: torch.device,
+           world: distributed.World = distributed.SINGLE) -> dict[str, float]:
     from dvclive import Live  # imported late: it pulls in much of DVC
 
     steps = -(-len(labels) // config.batch_size)
     history: dict[str, float] = {}
-    with Live(str(out / "live"), resume=start > 0, dvcyaml=None, save_dvc_exp=False,
-              report=None) as live, \
-            tqdm(total=config.epochs * steps, initial=start * steps, unit="batch",
-                 desc=f"finetune {settings['modality']} trial {settings['trial']}",
-                 mininterval=1.0) as bar:
+    net = model
+    if world.distributed:
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
+                                      else None)
+    live = (Live(str(out / "live"), resume=start > 0, dvcyaml=None, save_dvc_exp=False,
+                 report=None) if world.is_main else contextlib.nullcontext())
+    with live, tqdm(total=config.epochs * steps, initial=start * steps, unit="batch",
+                    desc=f"finetune {settings['modality']} trial {settings['trial']}",
+                    mininterval=1.0, disable=not world.is_main) as bar:
         for epoch in range(start, config.epochs):
-            loss, acc = _train_epoch(model, opt, images, labels, config=config, epoch=epoch,
-                                     device=device, bar=bar)
+            loss, acc = _train_epoch(net, opt, images, labels, config=config, epoch=epoch,
+                                     device=device, bar=bar, world=world)
             history = {"train_loss": loss, "train_accuracy": acc}
+            if not world.is_main:
+                continue
             for key, value in history.items():
                 live.log_metric(f"train/{key.removeprefix('train_')}", value)
             live.next_step()

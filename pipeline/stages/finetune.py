@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline import distributed
+from pipeline.devices import resolve_device
 from pipeline.features.finetune import MODALITIES, finetune
 from pipeline.stages import code_stamp, load, run_stage, stage_parser
 
@@ -31,20 +33,30 @@ def main(argv: list[str]) -> int:
                         help="where downloaded ImageNet weights are kept (%(default)s)")
     args = parser.parse_args(argv)
 
-    def body() -> None:
+    def body() -> int | None:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         config = load(args)
+        relaunched = distributed.relaunch(config.launch.processes, "finetune", argv)
+        if relaunched is not None:
+            return relaunched
+        world = distributed.world_from_env()
         params = config.finetune
+        device = distributed.init(world, resolve_device(params.device), config.launch.backend)
         random.seed(params.seed)
         np.random.seed(params.seed)
         torch.manual_seed(params.seed)
         out = Path(args.out or f"models/vgg16/trial-{args.trial}-{args.modality}")
-        out.mkdir(parents=True, exist_ok=True)
-        code_stamp(out, ["features", "store.py"], ["state.pt", "model.pt", "metrics.json"])
-        config.dump(out / "config.json")
+        if world.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            code_stamp(out, ["features", "store.py"], ["state.pt", "model.pt", "metrics.json"])
+            config.dump(out / "config.json")
+        distributed.barrier(world)  # no process reads a state the stamp deletes
         metrics = finetune(images=args.images, splits=args.splits, trial=args.trial,
                            modality=args.modality, out=out, config=params,
-                           cache_dir=args.cache_dir)
-        print(json.dumps(metrics, sort_keys=True))
+                           cache_dir=args.cache_dir, world=world, device=device)
+        if world.is_main:
+            print(json.dumps(metrics, sort_keys=True))
+        distributed.shutdown(world)
+        return None
 
     return run_stage(body)
