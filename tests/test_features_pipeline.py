@@ -5,8 +5,10 @@ image size, so each step costs about a second here) and shared by the tests.
 """
 
 import json
+import shutil
 from dataclasses import replace
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -18,7 +20,13 @@ from pipeline.errors import UserError
 from pipeline.features import finetune as ft
 from pipeline.features.extract import extract_features
 from pipeline.features.vgg import MEAN, STD, load_vgg16
-from pipeline.store import ImagesWriter, TrialSplit, read_features, write_splits
+from pipeline.store import (
+    ImagesWriter,
+    StoreError,
+    TrialSplit,
+    read_features,
+    write_splits,
+)
 
 SIZE = 32
 CATEGORIES = ["apple", "cell_phone", "food_can"]
@@ -199,6 +207,49 @@ def test_same_checkpoint_gives_identical_file_through_cli(data, tuned, features,
     assert code == 0
     assert out.read_bytes() == features.read_bytes()
     assert (tmp_path / "trial-1.config.json").is_file()
+
+
+def _extract(data, tuned, out, images=None, **config):
+    checkpoints = {m: tuned["models"] / f"trial-1-{m}" / "model.pt" for m in ("rgb", "depth")}
+    config = {"batch_size": 5, "device": "cpu", "precision": "fp32", **config}
+    extract_features(images=images or data["images"], splits=data["splits"], trial=1,
+                     checkpoints=checkpoints, out=out, config=ExtractConfig(**config))
+    return out
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_reader_processes_do_not_change_the_file(data, tuned, features, tmp_path, workers):
+    """Same rows in every batch and the same conversion, in order: the same bytes (the
+    `features` fixture ran with the default, workers: -1, which is 0 on CPU)."""
+    out = _extract(data, tuned, tmp_path / "f.h5", workers=workers)
+    assert out.read_bytes() == features.read_bytes()
+
+
+def _corrupt_copy(src, dst):
+    """`src` with /rgb stored gzip-compressed in 4-row chunks and the second chunk
+    overwritten: the index reads fine, frames 4 to 7 of rgb cannot be decompressed."""
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        rgb = f["rgb"][()]
+        del f["rgb"]
+        f.create_dataset("rgb", data=rgb, chunks=(4, *rgb.shape[1:]), compression="gzip")
+        info = f["rgb"].id.get_chunk_info(1)
+    with open(dst, "r+b") as raw:
+        raw.seek(info.byte_offset)
+        raw.write(b"\xff" * info.size)
+    return dst
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_unreadable_images_are_a_clear_error_naming_the_file(data, tuned, tmp_path, workers):
+    bad = _corrupt_copy(data["images"], tmp_path / "bad.h5")
+    out = tmp_path / "f.h5"
+    with pytest.raises(StoreError) as err:
+        _extract(data, tuned, out, images=bad, workers=workers)
+    message = str(err.value)
+    assert message.startswith(f"{bad}: cannot read frames 0 to 4 (")  # batch 0-4 holds row 4
+    assert "\n" not in message and "Traceback" not in message
+    assert not out.exists() and not list(tmp_path.glob(".*.partial"))
 
 
 def test_missing_or_mismatched_checkpoint_is_a_clear_error(data, tuned, tmp_path, capsys):
