@@ -254,6 +254,9 @@ def _pipelined(blocks: Iterator[Block], dataset: ImageBlocks, nets: Mapping[str,
             if pending is not None:
                 yield _ready(*pending)
             pending = (block.start, block.stop, out, done)
+            if done is None:  # CPU: computed already, nothing to overlap
+                yield _ready(*pending)
+                pending = None
         if pending is not None:
             yield _ready(*pending)
     finally:
