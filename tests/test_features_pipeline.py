@@ -18,8 +18,8 @@ from pipeline.__main__ import main as cli
 from pipeline.config import ExtractConfig, FinetuneConfig
 from pipeline.errors import UserError
 from pipeline.features import finetune as ft
-from pipeline.features.extract import extract_features
-from pipeline.features.vgg import MEAN, STD, load_vgg16
+from pipeline.features.extract import ImageBlocks, _pipelined, extract_features
+from pipeline.features.vgg import MEAN, STD, load_vgg16, to_input
 from pipeline.store import (
     ImagesWriter,
     StoreError,
@@ -223,6 +223,25 @@ def test_reader_processes_do_not_change_the_file(data, tuned, features, tmp_path
     `features` fixture ran with the default, workers: -1, which is 0 on CPU)."""
     out = _extract(data, tuned, tmp_path / "f.h5", workers=workers)
     assert out.read_bytes() == features.read_bytes()
+
+
+def test_uint8_blocks_normalised_in_the_main_process_give_the_same_input(data):
+    """The CUDA route (uint8 blocks, normalised where the network runs), exercised on CPU
+    with a network that returns its input: the same batches, in order, as the CPU route."""
+    nets = dict.fromkeys(("rgb", "depth"), torch.nn.Flatten())
+    runs = []
+    for convert in (True, False):
+        blocks = ImageBlocks(data["images"], list(nets), n=24, batch_size=5, image_size=SIZE,
+                             convert=convert)
+        runs.append(list(_pipelined((blocks[i] for i in range(len(blocks))), blocks, nets,
+                                    image_size=SIZE, device=torch.device("cpu"), dtype=None)))
+    assert [(a, b) for a, b, _ in runs[0]] == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 24)]
+    for (a, b, x), (c, d, y) in zip(*runs, strict=True):
+        assert (a, b) == (c, d) and x.keys() == y.keys()
+        for m in x:
+            np.testing.assert_array_equal(x[m], y[m])
+            expected = to_input(torch.from_numpy(data[m][a:b]), SIZE, torch.device("cpu"))
+            np.testing.assert_array_equal(x[m], expected.flatten(1).numpy())
 
 
 def _corrupt_copy(src, dst):

@@ -250,7 +250,7 @@ def _pipelined(blocks: Iterator[Block], dataset: ImageBlocks, nets: Mapping[str,
             done = None
             if device.type == "cuda":
                 done = torch.cuda.Event()
-                done.record()
+                done.record(torch.cuda.current_stream(device))  # cuda:N may not be current
             if pending is not None:
                 yield _ready(*pending)
             pending = (block.start, block.stop, out, done)

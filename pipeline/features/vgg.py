@@ -197,6 +197,7 @@ class Fc1(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.train(model.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return fc1(self.model, x)
