@@ -21,28 +21,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import device_name, matmul_peak, print_table, sync
 from pipeline.config import TrainConfig
 from pipeline.devices import resolve_device
 from pipeline.vae import build_model
 from pipeline.vae.objective import Batch
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 4096, reps: int = 10) -> float:
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
 def batches(device: torch.device, n: int, dim: int, classes: int) -> tuple[Batch, Batch]:
@@ -89,21 +72,22 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"device: {device_name(device)}, torch {torch.__version__}")
     peaks = {"fp32": matmul_peak(device, torch.float32),
              "bf16": matmul_peak(device, torch.bfloat16)}
     for precision, peak in peaks.items():
         print(f"matmul 4096^3 {precision}: {peak / 1e9:8.1f} GFLOP/s")
     print(f"\n{args.model} training step, batch {args.batch} labelled + {args.batch} unlabelled")
-    print("| precision | step (ms) | examples/s | GFLOP/step | GFLOP/s | share of matmul peak |")
-    print("|---|---|---|---|---|---|")
+    rows = []
     for precision in ("fp32", "bf16"):
         seconds, flops = time_steps(args.model, device, precision == "bf16", args.steps,
                                     args.batch)
         achieved = flops / seconds
-        print(f"| {precision} | {1e3 * seconds:.1f} | {2 * args.batch / seconds:.0f} | "
-              f"{flops / 1e9:.1f} | {achieved / 1e9:.1f} | {achieved / peaks[precision]:.0%} |")
+        rows.append([precision, f"{1e3 * seconds:.1f}", f"{2 * args.batch / seconds:.0f}",
+                     f"{flops / 1e9:.1f}", f"{achieved / 1e9:.1f}",
+                     f"{achieved / peaks[precision]:.0%}"])
+    print_table(["precision", "step (ms)", "examples/s", "GFLOP/step", "GFLOP/s",
+                 "share of matmul peak"], rows)
 
 
 if __name__ == "__main__":

@@ -1,103 +1,252 @@
-"""Images per second of VGG16 fc1 extraction and of a fine-tuning step (Adam, all parameters).
+"""VGG16 fine-tuning steps and fc1 extraction on one device, against its matmul peak.
 
-    python bench/bench_vgg.py [--size 148] [--batch 32] [--steps 3] [--device cpu cuda]
+    python bench/bench_vgg.py [--device auto] [--size 148] [--batch N] [--train-batch N]
+                              [--steps N] [--workers N] [--precision P] [--compare]
+                              [--compile]
 
-Runs the project's own code paths (`extract.features_of`, `finetune._train_epoch`) on random
-images with randomly initialised weights (51 categories, as Washington RGB-D). On CPU it
-also measures bf16 autocast extraction and its error against fp32, which decides whether
-`extract.precision: bf16` is acceptable there. Devices default to cpu, plus cuda when present.
+Prints the device's 4096^3 matmul FLOP/s (bf16 on CUDA, fp32 on CPU: the precision each
+stage uses there by default; bf16 with `--precision bf16`), then one row per measurement:
+images per second, FLOPs per image (counted by torch's FlopCounterMode on the meta device,
+so counting costs nothing), achieved FLOP/s and its share of that peak, and the time of the
+first batch (worker start, cuDNN set-up, compilation). Below the table, the time the whole
+Washington RGB-D evaluation subset (41,877 frames x 2 modalities) would take at each
+measured extraction rate.
+
+- fine-tune: the stage's own `finetune._train_epoch` (Adam over all parameters; bf16
+  autocast and channels-last on CUDA) on images held on the device, as the stage holds them;
+- extract: the stage's own `extract.iter_features` reading a temporary images file of
+  random frames through its reader processes, both modalities per batch, features copied
+  back to the host (not written, which the stage overlaps with the next batch);
+- `--compare` adds a plain eager reference of each (fp32, contiguous tensors, no compile,
+  read in the main process) on the same data and device;
+- `--compile` (CUDA only) extracts with `torch.compile` of the fc1 network; its cost shows
+  in the first batch.
+
+Random weights, 51 categories (as Washington RGB-D); rates are steady state, the first batch
+excluded. Defaults are small on CPU (about two minutes) and GPU-sized on CUDA.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import device_name, matmul_peak, print_table, sync
 from pipeline.config import FinetuneConfig
+from pipeline.devices import resolve_device
 from pipeline.features import finetune as ft
 from pipeline.features import vgg
-from pipeline.features.extract import features_of
+from pipeline.features.extract import auto_batch_size, auto_workers, iter_features
+
+CLASSES = 51
+EVAL_FRAMES = 41_877  # Washington RGB-D evaluation subset; two images (rgb, depth) each
+MODALITIES = ("rgb", "depth")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def count_flops(size: int, *, train: bool) -> float:
+    """FLOPs per image of fc1 (inference) or of a training step's forward and backward."""
+    with torch.device("meta"):
+        model = vgg.build_vgg16(CLASSES)
+        x = torch.empty(1, 3, size, size)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            if train:
+                F.cross_entropy(model(x), torch.zeros(1, dtype=torch.long)).backward()
+            else:
+                vgg.fc1(model, x)
+    return float(counter.get_total_flops())
 
 
-def bench_extract(model, images, *, size, device, dtype, steps) -> tuple[float, np.ndarray]:
-    out = features_of(model, images, image_size=size, device=device, dtype=dtype)  # warm-up
-    _sync(device)
+def timed(batches: Iterator[int], device: torch.device) -> tuple[float, float]:
+    """(items per second after the first batch, seconds of the first batch), where
+    `batches` yields the number of items each batch completed."""
     start = time.perf_counter()
-    for _ in range(steps):
-        out = features_of(model, images, image_size=size, device=device, dtype=dtype)
-    _sync(device)
-    return steps * len(images) / (time.perf_counter() - start), out
+    next(batches)
+    sync(device)
+    t1 = time.perf_counter()
+    count = sum(batches)
+    sync(device)
+    return count / (time.perf_counter() - t1), t1 - start
 
 
-def bench_step(model, images, labels, *, size, batch, device, steps) -> float:
-    config = FinetuneConfig(weights="none", batch_size=batch, image_size=size, device=str(device))
+def make_images(path: Path, frames: int, size: int, batch: int) -> None:
+    """An images file of `frames` random frames, written as one repeated random block."""
+    from pipeline.store import ImagesWriter
+
+    rng = np.random.default_rng(0)
+    block = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    with ImagesWriter(path, size=size, categories=[f"c{i}" for i in range(CLASSES)]) as w:
+        for start in range(0, frames, batch):
+            k = min(batch, frames - start)
+            w.append(rgb=block[:k], depth=block[:k][:, ::-1], label=[0] * k,
+                     frame=[f"f{start + i}" for i in range(k)], instance=["i"] * k,
+                     video=[1] * k, index=list(range(start, start + k)))
+
+
+def extract_optimised(images: Path, model: nn.Module, *, frames: int, args: argparse.Namespace,
+                      device: torch.device) -> Iterator[int]:
+    net: Callable[..., torch.Tensor] = vgg.Fc1(model)
+    if args.compile:
+        net = torch.compile(net)
+    nets = dict.fromkeys(MODALITIES, net)  # one network twice: the speed is the same
+    dtype = vgg.autocast_dtype(args.precision, device)
+    for start, stop, _ in iter_features(images, nets, n=frames, image_size=args.size,
+                                        batch_size=args.batch, workers=args.workers,
+                                        device=device, dtype=dtype):
+        yield 2 * (stop - start)
+
+
+@torch.no_grad()
+def extract_reference(images: Path, model: nn.Module, *, frames: int,
+                      args: argparse.Namespace, device: torch.device) -> Iterator[int]:
+    """torchvision-style eager inference: fp32, contiguous, read in this process."""
+    with h5py.File(images, "r") as f:
+        for start in range(0, frames, args.batch):
+            stop = min(frames, start + args.batch)
+            for m in MODALITIES:
+                x = torch.from_numpy(f[m][start:stop]).to(device).permute(0, 3, 1, 2)
+                x = TF.normalize(x.float().div(255), vgg.MEAN, vgg.STD).contiguous()
+                vgg.fc1(model, x).cpu().numpy()
+            yield 2 * (stop - start)
+
+
+def train_optimised(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
+                    args: argparse.Namespace, device: torch.device) -> Iterator[int]:
+    config = FinetuneConfig(weights="none", batch_size=args.train_batch, image_size=args.size,
+                            device=str(device), precision=args.precision)
     opt = torch.optim.Adam(model.parameters(), lr=1e-5)
     with tqdm(disable=True) as bar:
-        # warm-up: one step allocates Adam's state
-        ft._train_epoch(model, opt, images[:batch], labels[:batch], config=config, epoch=0,
-                        device=device, bar=bar)
-        _sync(device)
-        start = time.perf_counter()
-        ft._train_epoch(model, opt, images, labels, config=config, epoch=1, device=device,
-                        bar=bar)
-        _sync(device)
-    return len(labels) / (time.perf_counter() - start)
+        for epoch in range(args.steps + 1):
+            k = slice(epoch * args.train_batch, (epoch + 1) * args.train_batch)
+            ft._train_epoch(model, opt, images[k], labels[k], config=config, epoch=epoch,
+                            device=device, bar=bar)
+            yield args.train_batch
 
 
-def run(device: torch.device, args: argparse.Namespace) -> None:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device: {device} ({name}), threads {torch.get_num_threads()}, "
-          f"{args.size} px, batch {args.batch}")
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (args.batch, args.size, args.size, 3), dtype=np.uint8)
-    torch.manual_seed(0)
-    model = vgg.build_vgg16(51).to(device).eval()
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    default = vgg.autocast_dtype("auto", device)
-    rate, ref = bench_extract(model, images, size=args.size, device=device, dtype=None,
-                              steps=args.steps)
-    print(f"  extract fp32: {rate:8.1f} images/s")
-    if default is None:  # CPU: is bf16 fast, and accurate enough?
-        rate, low = bench_extract(model, images, size=args.size, device=device,
-                                  dtype=torch.bfloat16, steps=args.steps)
-        err = np.abs(low - ref)
-        rows = np.linalg.norm(low - ref, axis=1) / np.linalg.norm(ref, axis=1)
-        print(f"  extract bf16: {rate:8.1f} images/s; vs fp32: max |diff| / max |fp32| = "
-              f"{err.max() / np.abs(ref).max():.2e}, max per-image relative L2 error = "
-              f"{rows.max():.2e}")
-    else:
-        rate, _ = bench_extract(model, images, size=args.size, device=device, dtype=default,
-                                steps=args.steps)
-        print(f"  extract bf16 autocast: {rate:8.1f} images/s")
-    n = args.batch * args.steps
-    train = torch.from_numpy(rng.integers(0, 256, (n, args.size, args.size, 3), dtype=np.uint8))
-    labels = torch.from_numpy(rng.integers(0, 51, n))
-    rate = bench_step(model, train, labels, size=args.size, batch=args.batch, device=device,
-                      steps=args.steps)
-    print(f"  fine-tune step ({'bf16 autocast' if default else 'fp32'}, Adam): "
-          f"{rate:8.1f} images/s")
+def train_reference(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
+                    args: argparse.Namespace, device: torch.device) -> Iterator[int]:
+    """A plain fp32 training step: normalise, forward, cross-entropy, backward, Adam."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    model.train()
+    for step in range(args.steps + 1):
+        k = slice(step * args.train_batch, (step + 1) * args.train_batch)
+        x = images[k].to(device).permute(0, 3, 1, 2).float().div(255)
+        x = TF.normalize(x, vgg.MEAN, vgg.STD).contiguous()
+        loss = F.cross_entropy(model(x), labels[k].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss.item()  # as the stage does: a host sync per step
+        yield args.train_batch
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=148)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=3, help="timed batches per measurement")
-    parser.add_argument("--device", nargs="+",
-                        default=["cpu", *(["cuda"] if torch.cuda.is_available() else [])])
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--size", type=int, default=148, help="image side (148 px)")
+    parser.add_argument("--batch", type=int, help="extraction batch; default 8 on CPU, "
+                        "extract.batch_size's auto value on CUDA")
+    parser.add_argument("--train-batch", type=int,
+                        help="fine-tuning batch; default 8 on CPU, 32 (the paper's) on CUDA")
+    parser.add_argument("--steps", type=int, help="timed batches after the first; "
+                        "default 2 on CPU, 20 on CUDA")
+    parser.add_argument("--workers", type=int, help="extraction reader processes; default "
+                        "extract.workers' auto value for the device")
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                        help="autocast of the stages' paths, as *.precision (auto)")
+    parser.add_argument("--compare", action="store_true",
+                        help="also time a plain eager fp32 reference of each step")
+    parser.add_argument("--compile", action="store_true",
+                        help="extract through torch.compile (CUDA only)")
     args = parser.parse_args()
-    for name in args.device:
-        run(torch.device(name), args)
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    if args.compile and not cuda:
+        parser.error("--compile is for CUDA only (compiling on CPU takes minutes)")
+    args.batch = args.batch or (auto_batch_size(device) if cuda else 8)
+    args.train_batch = args.train_batch or (32 if cuda else 8)
+    args.steps = args.steps or (20 if cuda else 2)
+    args.workers = auto_workers(device) if args.workers is None else args.workers
+
+    bf16 = vgg.autocast_dtype(args.precision, device) is not None
+    peak_dtype = torch.bfloat16 if bf16 else torch.float32
+    peak = matmul_peak(device, peak_dtype, reps=10 if cuda else 3, warmup=2 if cuda else 1)
+    precision = "bf16 autocast" if bf16 else "fp32"
+    print(f"device: {device} ({device_name(device)}), torch {torch.__version__}")
+    print(f"matmul 4096^3 {str(peak_dtype).removeprefix('torch.')}: {peak / 1e12:.2f} TFLOP/s "
+          "(the peak below)")
+    print(f"{args.size} px; extraction batch {args.batch}, {args.workers} reader processes; "
+          f"fine-tuning batch {args.train_batch}; {args.steps} timed batches after the first\n")
+
+    torch.manual_seed(0)
+    model = vgg.build_vgg16(CLASSES).to(device)
+    rows, rates = [], []
+
+    def row(step: str, path: str, batch: int, flops: float, result: tuple[float, float]) -> None:
+        rate, first = result
+        rows.append([step, path, batch, f"{rate:.1f}", f"{flops / 1e9:.1f}",
+                     f"{rate * flops / 1e12:.3f}", f"{rate * flops / peak:.1%}", f"{first:.1f}"])
+
+    fc1_flops = count_flops(args.size, train=False)
+    frames = args.batch * (args.steps + 1)
+    with tempfile.TemporaryDirectory(prefix="bench_vgg") as tmp:
+        images = Path(tmp) / "images.h5"
+        make_images(images, frames, args.size, args.batch)
+        model.eval()
+        if args.compare:  # before channels-last: the reference runs on contiguous weights
+            result = timed(extract_reference(images, model, frames=frames, args=args,
+                                             device=device), device)
+            row("extract fc1", "eager fp32 reference", args.batch, fc1_flops, result)
+            rates.append(("eager fp32 reference", result[0]))
+        if cuda:
+            model.to(memory_format=torch.channels_last)
+        path = f"{precision}{', channels-last' if cuda else ''}" \
+               f"{', compiled' if args.compile else ''}, {args.workers} workers"
+        result = timed(extract_optimised(images, model, frames=frames, args=args,
+                                         device=device), device)
+        row("extract fc1", path, args.batch, fc1_flops, result)
+        rates.append((path, result[0]))
+
+    train_flops = count_flops(args.size, train=True)
+    n = args.train_batch * (args.steps + 1)
+    g = torch.Generator().manual_seed(0)
+    train_images = torch.randint(0, 256, (n, args.size, args.size, 3), dtype=torch.uint8,
+                                 generator=g).to(device)  # the stage holds them on the GPU
+    labels = torch.randint(0, CLASSES, (n,), generator=g)
+    if args.compare:
+        model.to(memory_format=torch.contiguous_format)
+        result = timed(train_reference(model, train_images, labels, args=args, device=device),
+                       device)
+        row("fine-tune step", "eager fp32 reference", args.train_batch, train_flops, result)
+    if cuda:
+        model.to(memory_format=torch.channels_last)
+    result = timed(train_optimised(model, train_images, labels, args=args, device=device),
+                   device)
+    row("fine-tune step", f"{precision}{', channels-last' if cuda else ''} (the stage's)",
+        args.train_batch, train_flops, result)
+
+    print_table(["step", "path", "batch", "images/s", "GFLOP/image", "TFLOP/s",
+                 "share of peak", "first batch (s)"], rows)
+    print(f"\nwhole evaluation subset ({EVAL_FRAMES:,} frames x 2 modalities) at the measured "
+          "extraction rate:")
+    for path, rate in rates:
+        seconds = 2 * EVAL_FRAMES / rate
+        print(f"  {path}: {seconds:,.0f} s ({seconds / 60:.1f} min)")
 
 
 if __name__ == "__main__":

@@ -150,14 +150,30 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    batch_size: int = 64
+    """How fc1 features are computed; none of it changes which frames or features are written.
+
+    `batch_size` and `workers` have an automatic value (0 and -1) because the right choice
+    depends on the machine that runs the stage, not on the experiment: see
+    `pipeline.features.extract.auto_batch_size` and `auto_workers`.
+    """
+
+    # frames per forward pass; 0 = auto: 256 on a CUDA GPU with >= 40 GB, 128 with >= 16 GB,
+    # else 64; 64 on CPU
+    batch_size: int = 0
+    # processes that read image blocks from HDF5 and convert them while the network runs;
+    # -1 = auto: one per core up to 8 on CUDA, none on CPU (the network dominates there);
+    # 0 = read in the main process
+    workers: int = -1
     device: str = "auto"
     # autocast: auto = bf16 on CUDA, fp32 on CPU; or bf16, fp32 (see docs/features.md for
     # the error bf16 introduces in the features)
     precision: str = "auto"
 
     def check(self) -> None:
-        _require(self.batch_size >= 1, "extract.batch_size", self.batch_size, "an integer >= 1")
+        _require(self.batch_size >= 0, "extract.batch_size", self.batch_size,
+                 "an integer >= 1, or 0 for auto (sized to the device)")
+        _require(self.workers >= -1, "extract.workers", self.workers,
+                 "an integer >= 0 (0 = read in the main process), or -1 for auto")
         _check_device("extract.device", self.device)
         _require(self.precision in ("auto", *PRECISIONS), "extract.precision",
                  self.precision, "auto, bf16 or fp32")

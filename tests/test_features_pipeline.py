@@ -6,11 +6,13 @@ image size, so each step costs about a second here) and shared by the tests.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -20,9 +22,15 @@ from pipeline.__main__ import main as cli
 from pipeline.config import ExtractConfig, FinetuneConfig
 from pipeline.errors import UserError
 from pipeline.features import finetune as ft
-from pipeline.features.extract import extract_features
-from pipeline.features.vgg import MEAN, STD, load_vgg16
-from pipeline.store import ImagesWriter, TrialSplit, read_features, write_splits
+from pipeline.features.extract import ImageBlocks, _pipelined, extract_features
+from pipeline.features.vgg import MEAN, STD, load_vgg16, to_input
+from pipeline.store import (
+    ImagesWriter,
+    StoreError,
+    TrialSplit,
+    read_features,
+    write_splits,
+)
 
 SIZE = 32
 CATEGORIES = ["apple", "cell_phone", "food_can"]
@@ -203,6 +211,68 @@ def test_same_checkpoint_gives_identical_file_through_cli(data, tuned, features,
     assert code == 0
     assert out.read_bytes() == features.read_bytes()
     assert (tmp_path / "trial-1.config.json").is_file()
+
+
+def _extract(data, tuned, out, images=None, **config):
+    checkpoints = {m: tuned["models"] / f"trial-1-{m}" / "model.pt" for m in ("rgb", "depth")}
+    config = {"batch_size": 5, "device": "cpu", "precision": "fp32", **config}
+    extract_features(images=images or data["images"], splits=data["splits"], trial=1,
+                     checkpoints=checkpoints, out=out, config=ExtractConfig(**config))
+    return out
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_reader_processes_do_not_change_the_file(data, tuned, features, tmp_path, workers):
+    """Same rows in every batch and the same conversion, in order: the same bytes (the
+    `features` fixture ran with the default, workers: -1, which is 0 on CPU)."""
+    out = _extract(data, tuned, tmp_path / "f.h5", workers=workers)
+    assert out.read_bytes() == features.read_bytes()
+
+
+def test_uint8_blocks_normalised_in_the_main_process_give_the_same_input(data):
+    """The CUDA route (uint8 blocks, normalised where the network runs), exercised on CPU
+    with a network that returns its input: the same batches, in order, as the CPU route."""
+    nets = dict.fromkeys(("rgb", "depth"), torch.nn.Flatten())
+    runs = []
+    for convert in (True, False):
+        blocks = ImageBlocks(data["images"], list(nets), n=24, batch_size=5, image_size=SIZE,
+                             convert=convert)
+        runs.append(list(_pipelined((blocks[i] for i in range(len(blocks))), blocks, nets,
+                                    image_size=SIZE, device=torch.device("cpu"), dtype=None)))
+    assert [(a, b) for a, b, _ in runs[0]] == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 24)]
+    for (a, b, x), (c, d, y) in zip(*runs, strict=True):
+        assert (a, b) == (c, d) and x.keys() == y.keys()
+        for m in x:
+            np.testing.assert_array_equal(x[m], y[m])
+            expected = to_input(torch.from_numpy(data[m][a:b]), SIZE, torch.device("cpu"))
+            np.testing.assert_array_equal(x[m], expected.flatten(1).numpy())
+
+
+def _corrupt_copy(src, dst):
+    """`src` with /rgb stored gzip-compressed in 4-row chunks and the second chunk
+    overwritten: the index reads fine, frames 4 to 7 of rgb cannot be decompressed."""
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        rgb = f["rgb"][()]
+        del f["rgb"]
+        f.create_dataset("rgb", data=rgb, chunks=(4, *rgb.shape[1:]), compression="gzip")
+        info = f["rgb"].id.get_chunk_info(1)
+    with open(dst, "r+b") as raw:
+        raw.seek(info.byte_offset)
+        raw.write(b"\xff" * info.size)
+    return dst
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_unreadable_images_are_a_clear_error_naming_the_file(data, tuned, tmp_path, workers):
+    bad = _corrupt_copy(data["images"], tmp_path / "bad.h5")
+    out = tmp_path / "f.h5"
+    with pytest.raises(StoreError) as err:
+        _extract(data, tuned, out, images=bad, workers=workers)
+    message = str(err.value)
+    assert message.startswith(f"{bad}: cannot read frames 0 to 4 (")  # batch 0-4 holds row 4
+    assert "\n" not in message and "Traceback" not in message
+    assert not out.exists() and not list(tmp_path.glob(".*.partial"))
 
 
 def test_missing_or_mismatched_checkpoint_is_a_clear_error(data, tuned, tmp_path, capsys):

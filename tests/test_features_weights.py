@@ -13,6 +13,7 @@ from torchvision.models import vgg16
 
 from pipeline.config import ConfigError, load_config
 from pipeline.devices import resolve_device
+from pipeline.features.extract import auto_batch_size, auto_workers
 from pipeline.features.vgg import (
     WeightsError,
     build_vgg16,
@@ -116,6 +117,23 @@ def test_state_dict_of_another_network_is_an_error():
 def test_bad_parameters_are_rejected(key, value, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [f"{key}={value}"])
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("extract.workers", -2), ("extract.workers", "many"), ("extract.workers", 1.5),
+    ("extract.batch_size", -1), ("extract.batch_size", "auto"),
+])
+def test_bad_extract_parameters_name_the_key(key, value):
+    with pytest.raises(ConfigError, match=rf"{key}: expected (an integer|.*-1 for auto|"
+                                          r".*0 for auto)"):
+        load_config(None, [f"{key}={value}"])
+
+
+def test_extract_batch_size_and_workers_follow_the_device():
+    cpu = torch.device("cpu")
+    assert auto_batch_size(cpu) == 64 and auto_workers(cpu) == 0
+    config = load_config(None, ["extract.batch_size=0", "extract.workers=-1"]).extract
+    assert (config.batch_size, config.workers) == (0, -1)
 
 
 def test_cuda_without_a_gpu_is_a_clear_error():

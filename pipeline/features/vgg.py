@@ -17,6 +17,7 @@ which keeps fc1's 25088 inputs and so the ImageNet weights usable.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import urllib.error
 import urllib.parse
@@ -156,6 +157,18 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+@functools.cache
+def _normalization(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and std as [1, 3, 1, 1] tensors on `device`, made once per device:
+    building them per batch is a blocking host-to-GPU copy that would stall the queue of
+    asynchronous work every batch. Made outside inference mode, so that the cached tensors
+    serve training as well."""
+    with torch.inference_mode(False):
+        mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+    return mean, std
+
+
 def to_input(images: torch.Tensor, image_size: int, device: torch.device) -> torch.Tensor:
     """uint8 [B, S, S, 3] RGB -> normalised float [B, 3, size, size] on `device`.
 
@@ -165,8 +178,7 @@ def to_input(images: torch.Tensor, image_size: int, device: torch.device) -> tor
     if x.shape[-1] != image_size or x.shape[-2] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear",
                           align_corners=False, antialias=True)
-    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+    mean, std = _normalization(device)
     x = (x - mean) / std
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -177,3 +189,15 @@ def fc1(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The first fully connected layer after its ReLU: torchvision's `classifier[:2]`."""
     h = torch.flatten(model.avgpool(model.features(x)), 1)
     return model.classifier[:2](h)
+
+
+class Fc1(nn.Module):
+    """`fc1` as a module of its own, so it can be handed to `torch.compile` as one graph."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.train(model.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fc1(self.model, x)
