@@ -1,17 +1,29 @@
-"""Throughput of one SS-HMVAE-kl training step at the paper's sizes, against the machine.
+"""Training-step throughput of every generative model at the paper's sizes, against the device.
 
-Prints, in one run on one device: the measured matrix-multiply FLOP/s (fp32 and bf16), and
-for a training step (4096-d RGB and depth features, 128 labelled + 128 unlabelled examples,
-Appendix C's 1024-unit layers, Adam) in fp32 and under bf16 autocast: steps/s, examples/s,
-FLOPs per step (counted by torch's FlopCounterMode) and achieved FLOP/s as a share of the
-matmul peak of the same precision.
+    python bench/bench_train_step.py [--models m2 ss_hmvae_kl ...] [--steps 10]
+                                     [--device auto] [--compare] [--compile auto|always|never]
+                                     [--precision bf16 fp32] [--batch 128]
 
-    python bench/bench_train_step.py [--model ss_hmvae_kl] [--steps 10] [--device cpu]
+Prints the device's measured 4096^3 matmul FLOP/s in fp32 and bf16, then one row per model
+and path: milliseconds per step, examples per second (labelled + unlabelled), FLOPs per step
+(counted by torch's FlopCounterMode), achieved FLOP/s and its share of the matmul peak that
+bounds the device (bf16 on CUDA, fp32 on CPU), and what 200 epochs over the paper's ~35k
+training examples would take at that rate.
+
+- "project": the step `fit` runs (`training.train_step`): 4096-d RGB and depth features on the
+  device, 128 labelled + 128 unlabelled examples, Appendix C's 1024-unit layers, autocast to
+  `--precision`, distribution argument checks off, Adam fused on CUDA, and `torch.compile`
+  where `--compile` says (auto: on CUDA);
+- "eager reference" (`--compare`): the same step written plainly: fp32, no compile, argument
+  checks on, Adam's default (foreach) kernel.
+
+Rates are steady state (warm-up steps and compilation excluded).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -24,8 +36,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import device_name, matmul_peak, print_table, sync
 from pipeline.config import TrainConfig
 from pipeline.devices import resolve_device
-from pipeline.vae import build_model
+from pipeline.vae import MODELS, build_model
 from pipeline.vae.objective import Batch
+from pipeline.vae.training import (
+    LossModule,
+    autocast_dtype,
+    make_optimizer,
+    train_step,
+    unchecked_distributions,
+)
+
+PAPER_EXAMPLES = 35_000  # training frames per trial (labelled + unlabelled), ~
+PAPER_EPOCHS = 200
 
 
 def batches(device: torch.device, n: int, dim: int, classes: int) -> tuple[Batch, Batch]:
@@ -37,57 +59,77 @@ def batches(device: torch.device, n: int, dim: int, classes: int) -> tuple[Batch
     return Batch(x(), torch.randint(0, classes, (n,), generator=g).to(device)), Batch(x())
 
 
-def time_steps(model: str, device: torch.device, bf16: bool, steps: int,
-               batch: int) -> tuple[float, float]:
-    """(seconds per step, FLOPs per step)."""
+def time_path(model_name: str, device: torch.device, *, precision: str, compiled: bool,
+              reference: bool, steps: int, batch: int) -> tuple[float, float]:
+    """(seconds per step, FLOPs per step) of one path."""
     torch.manual_seed(0)
-    net = build_model(model, {"rgb": 4096, "depth": 4096}, 51, TrainConfig()).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    model = build_model(model_name, {"rgb": 4096, "depth": 4096}, 51, TrainConfig()).to(device)
     labelled, unlabelled = batches(device, batch, 4096, 51)
+    if reference:
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    else:
+        optimizer = make_optimizer(model, 1e-4)
+    loss_fn = LossModule(model)
+    counted = FlopCounterMode(display=False)
+    with counted:  # eager, before compiling: the same arithmetic
+        train_step(loss_fn, optimizer, labelled, unlabelled, dtype=autocast_dtype(precision))
+    if compiled:
+        loss_fn = torch.compile(loss_fn)
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss, _ = net.loss(labelled, unlabelled)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(loss_fn, optimizer, labelled, unlabelled, dtype=autocast_dtype(precision))
 
-    step()
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    return (time.perf_counter() - start) / steps, counter.get_total_flops()
+    with contextlib.nullcontext() if reference else unchecked_distributions():
+        for _ in range(3):  # warm-up (and compilation)
+            step()
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync(device)
+    return (time.perf_counter() - start) / steps, counted.get_total_flops()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="ss_hmvae_kl")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", nargs="+", default=["bf16"], choices=["bf16", "fp32"])
+    parser.add_argument("--compile", default="auto", choices=["auto", "always", "never"])
+    parser.add_argument("--compare", action="store_true",
+                        help="also time the plain eager fp32 reference of each step")
     args = parser.parse_args()
     device = resolve_device(args.device)
+    compiled = args.compile == "always" or (args.compile == "auto" and device.type == "cuda")
     print(f"device: {device_name(device)}, torch {torch.__version__}")
-    peaks = {"fp32": matmul_peak(device, torch.float32),
-             "bf16": matmul_peak(device, torch.bfloat16)}
-    for precision, peak in peaks.items():
-        print(f"matmul 4096^3 {precision}: {peak / 1e9:8.1f} GFLOP/s")
-    print(f"\n{args.model} training step, batch {args.batch} labelled + {args.batch} unlabelled")
+    peaks = {name: matmul_peak(device, dtype)
+             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    for name, peak in peaks.items():
+        print(f"matmul 4096^3 {name}: {peak / 1e12:.3f} TFLOP/s")
+    bound = "bf16" if device.type == "cuda" else "fp32"
+    print(f"\nshare of peak: of the {bound} matmul peak; batch {args.batch} labelled + "
+          f"{args.batch} unlabelled; {PAPER_EPOCHS} epochs x {PAPER_EXAMPLES} examples\n")
+    paths = [(f"project {p}{' compiled' if compiled else ''}", p, compiled, False)
+             for p in args.precision]
+    if args.compare:
+        paths.append(("eager reference fp32", "fp32", False, True))
     rows = []
-    for precision in ("fp32", "bf16"):
-        seconds, flops = time_steps(args.model, device, precision == "bf16", args.steps,
-                                    args.batch)
-        achieved = flops / seconds
-        rows.append([precision, f"{1e3 * seconds:.1f}", f"{2 * args.batch / seconds:.0f}",
-                     f"{flops / 1e9:.1f}", f"{achieved / 1e9:.1f}",
-                     f"{achieved / peaks[precision]:.0%}"])
-    print_table(["precision", "step (ms)", "examples/s", "GFLOP/step", "GFLOP/s",
-                 "share of matmul peak"], rows)
+    for model_name in args.models:
+        for label, precision, compile_it, reference in paths:
+            seconds, flops = time_path(model_name, device, precision=precision,
+                                       compiled=compile_it, reference=reference,
+                                       steps=args.steps, batch=args.batch)
+            achieved = flops / seconds
+            run = PAPER_EPOCHS * -(-PAPER_EXAMPLES // args.batch) * seconds
+            rows.append([model_name, label, f"{1e3 * seconds:.1f}",
+                         f"{2 * args.batch / seconds:.0f}", f"{flops / 1e9:.1f}",
+                         f"{achieved / 1e12:.3f}", f"{achieved / peaks[bound]:.0%}",
+                         f"{run / 60:.1f}"])
+    print_table(["model", "path", "ms/step", "examples/s", "GFLOP/step", "TFLOP/s",
+                 "share of peak", "200 epochs (min)"], rows)
 
 
 if __name__ == "__main__":

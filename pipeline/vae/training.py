@@ -81,7 +81,7 @@ def _save_atomic(state: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
-class _Loss(nn.Module):
+class LossModule(nn.Module):
     """`model.loss` as a forward pass: what DistributedDataParallel and compile wrap."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -93,7 +93,7 @@ class _Loss(nn.Module):
 
 
 @contextlib.contextmanager
-def _unchecked_distributions() -> Iterator[None]:
+def unchecked_distributions() -> Iterator[None]:
     """Skip torch.distributions' argument checks while training: each is a host sync on
     CUDA (`.all()`), and a NaN they would catch is caught at the epoch's end anyway."""
     was = Distribution._validate_args
@@ -130,6 +130,21 @@ def _epoch_indices(rng: np.random.Generator, n_u: int, n_l: int, settings: FitSe
     return list(zip(parts[0::2], parts[1::2], strict=True))
 
 
+def train_step(loss_fn: nn.Module, optimizer: torch.optim.Optimizer, labelled: Batch,
+               unlabelled: Batch, *, dtype: torch.dtype | None, grad_clip: float = 0.0
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimisation step of eq. (3) (`loss_fn`: a `LossModule`, compiled or under DDP)."""
+    device = next(iter(labelled.x.values())).device
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        loss, terms = loss_fn(labelled, unlabelled)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(loss_fn.parameters(), grad_clip)
+    optimizer.step()
+    return loss, terms
+
+
 def fit(model: nn.Module, data: TrialData, settings: FitSettings, *,
         checkpoint: Path | None = None, fingerprint: dict[str, Any] | None = None,
         on_epoch: Callable[[int, dict[str, float]], None] | None = None,
@@ -154,7 +169,7 @@ def fit(model: nn.Module, data: TrialData, settings: FitSettings, *,
     history: list[dict[str, float]] = []
     start = _resume(checkpoint, fingerprint, model, optimizer, rng, history, world)
     dtype = autocast_dtype(settings.precision)
-    loss_fn: nn.Module = _Loss(model)
+    loss_fn: nn.Module = LossModule(model)
     randomness: Callable[[], Any] = contextlib.nullcontext
     if world.distributed:
         loss_fn = DistributedDataParallel(
@@ -167,21 +182,15 @@ def fit(model: nn.Module, data: TrialData, settings: FitSettings, *,
     bar = tqdm(range(start, settings.epochs), desc="epochs",
                disable=not progress or not world.is_main, initial=start,
                total=settings.epochs, leave=False)
-    with _unchecked_distributions():
+    with unchecked_distributions():
         for epoch in bar:
             sums: dict[str, torch.Tensor] = {}
             steps = 0
             for l_idx, u_idx in _epoch_indices(rng, n_u, n_l, settings, world, device):
-                labelled = _take(data.labelled, l_idx)
-                unlabelled = _take(data.unlabelled, u_idx)
-                with randomness(), torch.autocast(device.type, dtype=dtype or torch.float32,
-                                                  enabled=dtype is not None):
-                    loss, terms = loss_fn(labelled, unlabelled)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if settings.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-                optimizer.step()
+                with randomness():
+                    loss, terms = train_step(loss_fn, optimizer, _take(data.labelled, l_idx),
+                                             _take(data.unlabelled, u_idx), dtype=dtype,
+                                             grad_clip=settings.grad_clip)
                 for name, value in {"loss": loss.detach(), **terms}.items():
                     sums[name] = sums.get(name, 0.0) + value.float()
                 steps += 1
