@@ -34,6 +34,7 @@ TINY = {  # the demo profile, shrunk so that the whole chain takes about a minut
     "train": {"epochs": 2, "hidden": 16, "a_dim": 8, "z_dim": 8, "iterative_steps": 2,
               "batch_size": 16, "labeled_batch_size": 8},
     "report": {},
+    "launch": {},
 }
 MODELS = ["m2", "ss_hmvae", "mlp"]
 
