@@ -273,8 +273,22 @@ def fit_stacked(models: Sequence[nn.Module], datas: Sequence[TrialData],
                 if t < len(plan):
                     groups.setdefault((len(plan[t][0]), len(plan[t][1])), []).append(r)
             for runs in groups.values():
-                logged = _step(stack, optimizer, runs, [plans[r][t] for r in runs],
-                               [datas[r] for r in runs], settings, dtype)
+                batches = [plans[r][t] for r in runs]
+                try:
+                    logged = _step(stack, optimizer, runs, batches, [datas[r] for r in runs],
+                                   settings, dtype)
+                except ValueError as err:
+                    if "Expected parameter" not in str(err):
+                        raise
+                    # torch.distributions refused a NaN/inf parameter (as in `fit`, where
+                    # it raises the same ValueError); say which run it came from.
+                    culprits = _non_finite_runs(stack, runs, batches,
+                                                [datas[r] for r in runs]) or runs
+                    raise NonFiniteLossError(
+                        f"{', '.join(names[r] for r in culprits)}: a distribution's parameters "
+                        f"became non-finite in epoch {epoch + 1} ({str(err).splitlines()[0]}); "
+                        "try a lower train.lr, train.grad_clip > 0, or train.precision=fp32"
+                    ) from err
                 idx = torch.tensor(runs, device=stack.device)
                 for name, value in logged.items():
                     total = sums.setdefault(name, torch.zeros(len(models), dtype=torch.float32,
@@ -324,6 +338,20 @@ def _step(stack: StackedRuns, optimizer: _StackedAdam, runs: list[int],
         _clip_per_run(grads, settings.grad_clip)
     optimizer.step(runs, grads)
     return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
+
+
+def _non_finite_runs(stack: StackedRuns, runs: list[int],
+                     batches: list[tuple[np.ndarray, np.ndarray]],
+                     datas: list[TrialData]) -> list[int]:
+    """The runs of a step whose parameters or batch hold NaN or inf."""
+    found = []
+    for r, (l_idx, u_idx), data in zip(runs, batches, datas, strict=True):
+        tensors = [p[r] for p in stack.params.values()]
+        tensors += [t[torch.from_numpy(l_idx)] for t in data.labelled.x.values()]
+        tensors += [t[torch.from_numpy(u_idx)] for t in data.unlabelled.x.values()]
+        if not all(bool(torch.isfinite(t).all()) for t in tensors):
+            found.append(r)
+    return found
 
 
 def _save_checkpoints(stack: StackedRuns, optimizer: _StackedAdam,
