@@ -111,19 +111,26 @@ class _StackedAdam:
     def step(self, runs: list[int], grads: dict[str, torch.Tensor]) -> None:
         """`grads[k]` holds the gradient rows of `runs` only (as many rows as runs)."""
         beta1, beta2 = BETAS
-        full = runs == list(range(len(next(iter(self.params.values())))))
-        idx = torch.tensor(runs, device=next(iter(self.params.values())).device)
+        first = next(iter(self.params.values()))
+        full = runs == list(range(len(first)))
+        idx = torch.tensor(runs, device=first.device)
+        # Per-run bias corrections, in float64 on the host as torch computes them; one
+        # host-to-device copy per distinct step vector (all parameters share one, usually).
+        corrections: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         for k, grad in grads.items():
             p, m, v = self.params[k], self.exp_avg[k], self.exp_avg_sq[k]
             if not full:
                 p, m, v = p.index_select(0, idx), m.index_select(0, idx), v.index_select(0, idx)
             self.steps[k][runs] += 1
-            step = self.steps[k][runs].astype(np.float64)
+            key = tuple(self.steps[k][runs].tolist())
+            if key not in corrections:
+                step = np.array(key, np.float64)
+                both = torch.tensor(np.stack([self.lr / (1 - beta1 ** step),
+                                              np.sqrt(1 - beta2 ** step)]),
+                                    dtype=p.dtype).to(p.device)
+                corrections[key] = (both[0], both[1])
             shape = (-1,) + (1,) * (p.dim() - 1)
-            step_size = torch.tensor(self.lr / (1 - beta1 ** step), dtype=p.dtype,
-                                     device=p.device).view(shape)
-            bias2_sqrt = torch.tensor(np.sqrt(1 - beta2 ** step), dtype=p.dtype,
-                                      device=p.device).view(shape)
+            step_size, bias2_sqrt = (c.view(shape) for c in corrections[key])
             m.lerp_(grad, 1 - beta1)
             v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             denom = (v.sqrt() / bias2_sqrt).add_(EPS)
