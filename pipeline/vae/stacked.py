@@ -184,20 +184,27 @@ class StackedRuns:
     def __len__(self) -> int:
         return len(self.models)
 
-    def losses(self, runs: list[int], labelled: Batch,
+    def rows(self, runs: list[int]) -> Tensors:
+        """The parameters of `runs`, to differentiate by: the stacked leaves themselves
+        when every run takes the step, else copies of their rows (new leaves)."""
+        if runs == list(range(len(self))):
+            return self.params
+        idx = torch.tensor(runs, device=self.device)
+        return {k: p.detach().index_select(0, idx).requires_grad_()
+                for k, p in self.params.items()}
+
+    def losses(self, runs: list[int], params: Tensors, labelled: Batch,
                unlabelled: Batch) -> tuple[torch.Tensor, Tensors]:
         """Loss and terms of each run in `runs` (train mode), on stacked batches.
 
-        `labelled.x[m]` is [len(runs), N, D], `labelled.y` [len(runs), N], `unlabelled.x[m]`
-        [len(runs), M, D]. Gradients flow to `self.params` (only the rows of `runs`);
-        BatchNorm's running statistics of those runs are updated in `self.buffers`.
+        `params` is `rows(runs)`; `labelled.x[m]` is [len(runs), N, D], `labelled.y`
+        [len(runs), N], `unlabelled.x[m]` [len(runs), M, D]. BatchNorm's running statistics
+        of those runs are updated in `self.buffers`.
         """
         if labelled.y is None:
             raise ValueError("a labelled batch needs y")
         full = runs == list(range(len(self)))
         idx = torch.tensor(runs, device=self.device)
-        params = self.params if full else {k: p.index_select(0, idx)
-                                           for k, p in self.params.items()}
         buffers = self.buffers if full else {k: b.index_select(0, idx)
                                              for k, b in self.buffers.items()}
         self.call.train()
@@ -230,13 +237,15 @@ def _gather(parts: Sequence[Batch], indices: Sequence[np.ndarray],
     return Batch(x, y)
 
 
-def _clip_per_run(grads: dict[str, torch.Tensor], max_norm: float) -> None:
-    """torch's clip_grad_norm_ (L2 over all parameters), separately for each row (run)."""
+def _clip_per_run(grads: dict[str, torch.Tensor], max_norm: float) -> dict[str, torch.Tensor]:
+    """torch's clip_grad_norm_ (L2 over all parameters), separately for each row (run).
+
+    Out of place: a gradient from autograd.grad may be a view (an expanded sum, say)."""
     squares = sum(g.float().flatten(1).pow(2).sum(1) for g in grads.values())
     total = torch.as_tensor(squares).sqrt()
     coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    for g in grads.values():
-        g.mul_(coef.view((-1,) + (1,) * (g.dim() - 1)).to(g.dtype))
+    return {k: g * coef.view((-1,) + (1,) * (g.dim() - 1)).to(g.dtype)
+            for k, g in grads.items()}
 
 
 def fit_stacked(models: Sequence[nn.Module], datas: Sequence[TrialData],
@@ -329,20 +338,17 @@ def _step(stack: StackedRuns, optimizer: _StackedAdam, runs: list[int],
     """One optimisation step of the runs `runs` (equal batch sizes); their logged terms."""
     labelled = _gather([d.labelled for d in datas], [b[0] for b in batches], stack.device)
     unlabelled = _gather([d.unlabelled for d in datas], [b[1] for b in batches], stack.device)
+    params = stack.rows(runs)
     with torch.autocast(stack.device.type, dtype=dtype or torch.float32,
                         enabled=dtype is not None):
-        loss, terms = stack.losses(runs, labelled, unlabelled)
-    full = runs == list(range(len(stack)))
-    for p in stack.params.values():
-        p.grad = None
-    loss.sum().backward()  # each run's loss reaches only its own parameters
-    idx = torch.tensor(runs, device=stack.device)
-    grads = {k: (p.grad if full else p.grad.index_select(0, idx))
-             for k, p in stack.params.items() if p.grad is not None}
-    for p in stack.params.values():
-        p.grad = None
+        loss, terms = stack.losses(runs, params, labelled, unlabelled)
+    # The sum of the runs' losses: each run's loss reaches only its own rows. autograd.grad
+    # rather than backward(): no accumulation into .grad (a copy per parameter).
+    names = list(params)
+    found = torch.autograd.grad(loss.sum(), [params[k] for k in names], allow_unused=True)
+    grads = {k: g for k, g in zip(names, found, strict=True) if g is not None}
     if settings.grad_clip > 0:
-        _clip_per_run(grads, settings.grad_clip)
+        grads = _clip_per_run(grads, settings.grad_clip)
     optimizer.step(runs, grads)
     return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
 
