@@ -133,8 +133,8 @@ class _StackedAdam:
             step_size, bias2_sqrt = (c.view(shape) for c in corrections[key])
             m.lerp_(grad, 1 - beta1)
             v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (v.sqrt() / bias2_sqrt).add_(EPS)
-            p.sub_(step_size * m / denom)
+            denom = v.sqrt().div_(bias2_sqrt).add_(EPS)
+            p.addcdiv_(m * step_size, denom, value=-1.0)
             if not full:
                 self.params[k].index_copy_(0, idx, p)
                 self.exp_avg[k].index_copy_(0, idx, m)
