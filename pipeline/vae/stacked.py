@@ -21,6 +21,11 @@ noise (independent per run, `randomness="different"`, from the same distribution
 - BatchNorm's running statistics are stacked buffers passed through `functional_call`,
   so its in-place updates land in them (written back for a group of a subset of runs).
 
+Workaround: torch draws `Normal.rsample`'s noise with an in-place fill that vmap refuses
+under randomness="different"; `vmappable_normal_noise` swaps in `torch.randn` (the same
+distribution) while the step runs, so the models' code stays as it is. Memory: the stacked
+parameters are a copy beside the models' own, copied back after every epoch.
+
 Not supported: resuming. A killed stacked run starts afresh; the checkpoints written at the
 end (one per run, in `fit`'s format) let a single-run `fit` with the same fingerprint see
 the run as finished.
