@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "split": ("pipeline.stages.split", "trials (held-out instances), labelled subsets"),
     "finetune": ("pipeline.stages.finetune", "fine-tune VGG16 on a trial's labelled frames"),
     "extract": ("pipeline.stages.extract", "VGG16 fc1 features of every frame to HDF5"),
-    "train": ("pipeline.stages.train", "train and evaluate one model on a features file"),
+    "train": ("pipeline.stages.train", "train and evaluate one model on features file(s)"),
     "report": ("pipeline.stages.report", "Table 1: mean +- std over trials"),
     "inspect": ("pipeline.stages.inspect", "what an HDF5 file of this project holds"),
 }

@@ -1,4 +1,9 @@
-"""`python -m pipeline train --features F.h5 --model NAME --out DIR`: one model, one file."""
+"""`python -m pipeline train --features F.h5 --model NAME --out DIR`: one model, one file.
+
+Several files and as many folders (`--features F1 F2 ... --out D1 D2 ...`) train one run per
+file at once, with stacked parameters (`pipeline/vae/stacked.py`): the same model and
+parameters on each file, each folder written as a single run would write it.
+"""
 
 from __future__ import annotations
 
@@ -6,37 +11,55 @@ from pathlib import Path
 
 from pipeline import distributed
 from pipeline.devices import resolve_device
+from pipeline.errors import UserError
 from pipeline.stages import code_stamp, load, run_stage, stage_parser
 from pipeline.vae import MODELS
-from pipeline.vae.experiment import train_and_evaluate
+from pipeline.vae.experiment import train_and_evaluate, train_and_evaluate_stacked
 
 
 def main(argv: list[str]) -> int:
     parser = stage_parser("train", __doc__)
-    parser.add_argument("--features", required=True, type=Path, help="ssmvae-features/1 file")
+    parser.add_argument("--features", required=True, type=Path, nargs="+",
+                        help="ssmvae-features/1 file(s); several train stacked runs")
     parser.add_argument("--model", required=True, help=f"one of {', '.join(MODELS)}")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--out", required=True, type=Path, nargs="+",
+                        help="output folder(s), one per features file")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
 
     def body() -> int | None:
+        if len(args.features) != len(args.out):
+            raise UserError(f"--features and --out: got {len(args.features)} features file(s) "
+                            f"and {len(args.out)} output folder(s); give one --out per "
+                            "--features")
         config = load(args)
         relaunched = distributed.relaunch(config.launch.processes, "train", argv)
         if relaunched is not None:
             return relaunched
         world = distributed.world_from_env()
+        if world.distributed and len(args.features) > 1:
+            raise UserError("stacked runs (several --features) train in one process; "
+                            "use launch.processes: 1")
         device = distributed.init(world, resolve_device(config.train.device),
                                   config.launch.backend)
-        code = (args.out, ["vae", "store.py"], ["checkpoint.pt"])
+        stamps = [(out, ["vae", "store.py"], ["checkpoint.pt"]) for out in args.out]
         if world.is_main:
-            code_stamp(*code)
+            for stamp in stamps:
+                code_stamp(*stamp)
         distributed.barrier(world)  # no process reads a checkpoint the stamp deletes
-        metrics = train_and_evaluate(args.features, args.model, config.train, args.out,
-                                     progress=not args.no_progress, world=world, device=device)
+        if len(args.features) == 1:
+            runs = [train_and_evaluate(args.features[0], args.model, config.train, args.out[0],
+                                       progress=not args.no_progress, world=world,
+                                       device=device)]
+        else:
+            runs = train_and_evaluate_stacked(args.features, args.model, config.train,
+                                              args.out, progress=not args.no_progress)
         if world.is_main:
-            code_stamp(*code)
-            accuracy = ", ".join(f"{k} {v:.3f}" for k, v in metrics["accuracy"].items())
-            print(f"{args.model}: accuracy {accuracy} -> {args.out / 'metrics.json'}")
+            for stamp in stamps:
+                code_stamp(*stamp)
+            for out, metrics in zip(args.out, runs, strict=True):
+                accuracy = ", ".join(f"{k} {v:.3f}" for k, v in metrics["accuracy"].items())
+                print(f"{args.model}: accuracy {accuracy} -> {out / 'metrics.json'}")
         distributed.shutdown(world)
         return None
 

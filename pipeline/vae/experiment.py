@@ -6,6 +6,8 @@
 `accuracy` holds, for each input, the number Table 1 reports for the model.
 Also in DIR: `checkpoint.pt` (resumable, per epoch), `config.json` (the effective
 parameters) and `dvclive/` (per-epoch loss terms and test accuracy).
+`train_and_evaluate_stacked` does the same for several features files at once (one model
+trained per file, all in one vmapped loop: `stacked.py`), writing the same files per DIR.
 """
 
 from __future__ import annotations
@@ -17,15 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from pipeline.config import TrainConfig
 from pipeline.devices import resolve_device
 from pipeline.distributed import SINGLE, World
 from pipeline.errors import UserError
-from pipeline.store import read_features
-from pipeline.vae import MODELS, build_model
-from pipeline.vae.data import prepare
+from pipeline.store import FeatureSet, read_features
+from pipeline.vae import MODELS, Evaluation, ModelSpec, build_model
+from pipeline.vae.data import TrialData, prepare
 from pipeline.vae.evaluate import evaluate, table_row
+from pipeline.vae.stacked import fit_stacked
 from pipeline.vae.training import FitSettings, autocast_dtype, fit
 
 
@@ -45,45 +49,145 @@ def train_and_evaluate(features: Path, model_name: str, cfg: TrainConfig, out: P
     Under torchrun every process trains its shards and evaluates (so each returns the
     metrics), and only the main one writes into `out`; `device` is then this process's.
     """
-    if model_name not in MODELS:
-        raise UserError(f"--model: unknown model {model_name!r}; expected one of "
-                        f"{', '.join(MODELS)}")
-    spec = MODELS[model_name]
-    data_file = read_features(features)  # every check on the file happens before out/ exists
-    if spec.multimodal and len(data_file.modalities) < 2:
-        raise UserError(f"{features}: model {model_name!r} needs two modalities, the file has "
-                        f"{data_file.modalities}")
+    spec = _spec(model_name)
+    data_file = _read(features, model_name, spec)  # every check happens before out/ exists
     device = device or resolve_device(cfg.device)
     data = prepare(data_file, cfg.likelihood, device)
-    torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
-    model = build_model(model_name, data.dims, len(data.categories), cfg).to(device)
+    model = _build(model_name, data, cfg, device)
     evaluations = spec.evaluations(data.modalities)
-    settings = FitSettings(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                           labeled_batch_size=cfg.labeled_batch_size, seed=cfg.seed,
-                           grad_clip=cfg.grad_clip, precision=cfg.precision,
-                           compile=cfg.compile == "always"
-                           or (cfg.compile == "auto" and device.type == "cuda"))
-    fingerprint = {"model": model_name, "features": file_sha256(features),
-                   "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True)}
     if world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-    cheap = [e for e in evaluations if e.method != "iterative"]
+        _start(out, cfg)
     precision = autocast_dtype(cfg.precision)
     logger = (_Live(out / "dvclive", resume=(out / "checkpoint.pt").is_file())
               if live and world.is_main else None)
 
     def on_epoch(epoch: int, means: dict[str, float]) -> None:
-        if logger is None:
-            return
-        accuracy = table_row(evaluate(model, data.test, cheap, data.scaler, iterative_steps=0,
-                                      precision=precision), cheap)
-        logger.log(epoch, means, accuracy)
+        if logger is not None:
+            logger.log(epoch, means, _cheap_accuracy(model, data, evaluations, precision))
 
-    history = fit(model, data, settings, checkpoint=out / "checkpoint.pt",
-                  fingerprint=fingerprint, on_epoch=on_epoch, progress=progress, world=world)
+    history = fit(model, data, _settings(cfg, device), checkpoint=out / "checkpoint.pt",
+                  fingerprint=_fingerprint(features, model_name, cfg), on_epoch=on_epoch,
+                  progress=progress, world=world)
+    metrics = _metrics(model, data, data_file, features, model_name, cfg, evaluations, history)
+    if world.is_main:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if logger is not None:
+        logger.close()
+    return metrics
+
+
+def train_and_evaluate_stacked(features: list[Path], model_name: str, cfg: TrainConfig,
+                               outs: list[Path], *, progress: bool = True,
+                               live: bool = True) -> list[dict[str, Any]]:
+    """`train_and_evaluate` for several features files (trials) at once, with `fit_stacked`.
+
+    Writes each `outs[i]` as a single run on `features[i]` would (`metrics.json`, with
+    `"stacked": N` added, `config.json`, `dvclive/`, and a finished `checkpoint.pt`), the
+    runs' noise aside. All files are checked before any folder is written. Stacked runs do
+    not resume: an interrupted call trains every run afresh.
+    """
+    if len(features) != len(outs) or not features:
+        raise UserError(f"--features and --out: got {len(features)} features file(s) and "
+                        f"{len(outs)} output folder(s); give one --out per --features")
+    if len({out.resolve() for out in outs}) != len(outs):
+        raise UserError(f"--out: the output folders must differ, got {[str(o) for o in outs]}")
+    spec = _spec(model_name)
+    files = [_read(path, model_name, spec) for path in features]
+    shape = _shape(files[0])
+    for path, data_file in zip(features[1:], files[1:], strict=True):
+        if _shape(data_file) != shape:
+            raise UserError(f"{path}: stacked runs need one model shape; its modalities, "
+                            f"dimensions and classes {_shape(data_file)} differ from "
+                            f"{features[0]}'s {shape}")
+    device = resolve_device(cfg.device)
+    datas = [prepare(data_file, cfg.likelihood, device) for data_file in files]
+    models = [_build(model_name, data, cfg, device) for data in datas]
+    evaluations = spec.evaluations(datas[0].modalities)
+    for out in outs:
+        _start(out, cfg)
+    precision = autocast_dtype(cfg.precision)
+    loggers = [_Live(out / "dvclive", resume=False) for out in outs] if live else []
+
+    def on_epoch(run: int, epoch: int, means: dict[str, float]) -> None:
+        if loggers:
+            loggers[run].log(epoch, means,
+                             _cheap_accuracy(models[run], datas[run], evaluations, precision))
+
+    histories = fit_stacked(
+        models, datas, _settings(cfg, device), progress=progress, names=[str(f) for f in features],
+        on_epoch=on_epoch, checkpoints=[out / "checkpoint.pt" for out in outs],
+        fingerprints=[_fingerprint(f, model_name, cfg) for f in features])
+    results = []
+    for i, out in enumerate(outs):
+        metrics = _metrics(models[i], datas[i], files[i], features[i], model_name, cfg,
+                           evaluations, histories[i]) | {"stacked": len(outs)}
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        results.append(metrics)
+    for logger in loggers:
+        logger.close()
+    return results
+
+
+def _spec(model_name: str) -> ModelSpec:
+    if model_name not in MODELS:
+        raise UserError(f"--model: unknown model {model_name!r}; expected one of "
+                        f"{', '.join(MODELS)}")
+    return MODELS[model_name]
+
+
+def _read(features: Path, model_name: str, spec: ModelSpec) -> FeatureSet:
+    """The features file, checked for this model (raises UserError before anything is written)."""
+    data_file = read_features(features)
+    if spec.multimodal and len(data_file.modalities) < 2:
+        raise UserError(f"{features}: model {model_name!r} needs two modalities, the file has "
+                        f"{data_file.modalities}")
+    return data_file
+
+
+def _shape(data_file: FeatureSet) -> tuple[tuple[tuple[str, int], ...], int]:
+    """What fixes a model's architecture: (modality, dimension) pairs and the class count."""
+    dims = tuple((m, int(data_file.features[m].shape[1])) for m in data_file.modalities)
+    return dims, len(data_file.categories)
+
+
+def _build(model_name: str, data: TrialData, cfg: TrainConfig,
+           device: torch.device) -> nn.Module:
+    torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
+    return build_model(model_name, data.dims, len(data.categories), cfg).to(device)
+
+
+def _settings(cfg: TrainConfig, device: torch.device) -> FitSettings:
+    compiled = cfg.compile == "always" or (cfg.compile == "auto" and device.type == "cuda")
+    return FitSettings(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                       labeled_batch_size=cfg.labeled_batch_size, seed=cfg.seed,
+                       grad_clip=cfg.grad_clip, precision=cfg.precision, compile=compiled)
+
+
+def _fingerprint(features: Path, model_name: str, cfg: TrainConfig) -> dict[str, Any]:
+    return {"model": model_name, "features": file_sha256(features),
+            "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True)}
+
+
+def _start(out: Path, cfg: TrainConfig) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+
+
+def _cheap_accuracy(model: nn.Module, data: TrialData, evaluations: list[Evaluation],
+                    precision: torch.dtype | None) -> dict[str, float]:
+    """Per-epoch test accuracy for the learning curves (iterative sampling left out)."""
+    cheap = [e for e in evaluations if e.method != "iterative"]
+    return table_row(evaluate(model, data.test, cheap, data.scaler, iterative_steps=0,
+                              precision=precision), cheap)
+
+
+def _metrics(model: nn.Module, data: TrialData, data_file: FeatureSet, features: Path,
+             model_name: str, cfg: TrainConfig, evaluations: list[Evaluation],
+             history: list[dict[str, float]]) -> dict[str, Any]:
+    """The final evaluation of a trained model: what `metrics.json` holds."""
     results = evaluate(model, data.test, evaluations, data.scaler,
-                       iterative_steps=cfg.iterative_steps, seed=cfg.seed, precision=precision)
+                       iterative_steps=cfg.iterative_steps, seed=cfg.seed,
+                       precision=autocast_dtype(cfg.precision))
     metrics: dict[str, Any] = {"model": model_name, "accuracy": table_row(results, evaluations)}
     if "iterative" in results:
         # Table 1's iterative-sampling row: joint input needs no sampling.
@@ -96,10 +200,6 @@ def train_and_evaluate(features: Path, model_name: str, cfg: TrainConfig, out: P
         "n_test": len(data.test), "features": str(features),
         "trial": _plain(data_file.attrs.get("trial")),
     }
-    if world.is_main:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    if logger is not None:
-        logger.close()
     return metrics
 
 
