@@ -34,7 +34,7 @@ run: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" OMP_NUM_THREADS=$(THREADS) $(VENV)/bin/dvc repro
 
 bench: setup
-	$(PY) bench/bench_train_step.py
+	PY=$(PY) sh bench/run_all.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,13 @@
+#!/bin/sh
+# Every benchmark, one after another, on the default device (CUDA when present), each table
+# also written to $OUT (default bench-results/). About 5 minutes on the 2-core CPU.
+#     sh bench/run_all.sh            (or: make bench)
+set -eu
+out=${OUT:-bench-results}
+py=${PY:-python}
+mkdir -p "$out"
+run() { name=$1; shift; echo "== $name: $*"; "$py" "$@" 2>&1 | tee "$out/$name.md"; }
+run train_step bench/bench_train_step.py --compare --precision bf16 fp32
+run fit bench/bench_fit.py
+run vgg bench/bench_vgg.py --compare
+run stacked bench/bench_stacked.py --steps 3 --repeats 2
