@@ -104,12 +104,19 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def shard(indices: np.ndarray, world: World) -> np.ndarray:
-    """This process's contiguous, equal share of a global batch (the remainder is dropped)."""
+def shard_bounds(n: int, world: World) -> tuple[int, int]:
+    """[start, stop) of this process's contiguous, equal share of a batch of n (the
+    remainder, fewer than `world.size` examples, belongs to no process)."""
     if not world.distributed:
-        return indices
-    per = len(indices) // world.size
-    return indices[world.rank * per:(world.rank + 1) * per]
+        return 0, n
+    per = n // world.size
+    return world.rank * per, (world.rank + 1) * per
+
+
+def shard(indices: np.ndarray, world: World) -> np.ndarray:
+    """This process's share of a global batch of indices (`shard_bounds`)."""
+    start, stop = shard_bounds(len(indices), world)
+    return indices if (start, stop) == (0, len(indices)) else indices[start:stop]
 
 
 class _SumOverProcesses(torch.autograd.Function):
@@ -144,7 +151,7 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         xf = x.float()
-        count = torch.tensor([float(len(xf))], device=xf.device)
+        count = torch.full((1,), float(len(xf)), device=xf.device)  # no host copy
         total = sum_over_processes(torch.cat([xf.sum(0), count]))
         n = total[-1]
         mean = total[:-1] / n

@@ -122,7 +122,9 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, images: torch.Ten
     gen = torch.Generator().manual_seed(seed)  # shuffling and augmentation
     dtype = vgg.autocast_dtype(config.precision, device)
     model.train()
-    order = torch.randperm(len(labels), generator=gen)
+    # The order and the labels go to the device once per epoch, not per batch.
+    order = torch.randperm(len(labels), generator=gen).to(images.device)
+    labels = labels.to(device)
     totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, frames
     randomness = ((lambda: distributed.ShardedRandomness(world)) if world.distributed
                   else contextlib.nullcontext)
@@ -130,12 +132,11 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, images: torch.Ten
         x = vgg.to_input(images[batch], config.image_size, device)
         if config.augment:
             x = augment(x, gen)
-        y = labels[batch].to(device, non_blocking=True)
-        if world.distributed:
-            mine = torch.from_numpy(distributed.shard(np.arange(len(batch)), world))
-            if len(mine) == 0:
-                continue
-            x, y = x[mine.to(device)], y[mine.to(device)]
+        y = labels[batch.to(device)]
+        start, stop = distributed.shard_bounds(len(batch), world)
+        if start == stop:
+            continue
+        x, y = x[start:stop], y[start:stop]
         with randomness(), torch.autocast(device.type, dtype=dtype or torch.float32,
                                           enabled=dtype is not None):
             logits = model(x)
@@ -143,8 +144,10 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, images: torch.Ten
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        totals += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum(),
-                               torch.tensor(len(y), device=device)]).double()
+        totals += torch.stack([loss.detach().double() * (stop - start),
+                               (logits.argmax(1) == y).sum().double(),
+                               torch.full((), stop - start, device=device,
+                                          dtype=torch.float64)])
         bar.update(1)
     if world.distributed:
         torch.distributed.all_reduce(totals)

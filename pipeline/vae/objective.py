@@ -115,7 +115,9 @@ class SemiSupervisedVAE(nn.Module):
         ctx = self.encode(batch.x)
         logits = ctx["logits"]
         if self.objective.unlabeled_y == "gumbel":
-            temperature = torch.tensor(self.objective.temperature, device=logits.device)
+            # torch.full fills on the device; torch.tensor would copy from the host and
+            # wait for the GPU every step
+            temperature = torch.full((), self.objective.temperature, device=logits.device)
             y = RelaxedOneHotCategorical(temperature, logits=logits).rsample()
             terms = self.elbo_terms(batch.x, y, ctx)
             terms["-log_q_y"] = -log_q_of(y, logits)
