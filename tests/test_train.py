@@ -158,3 +158,39 @@ def test_unknown_model_and_parameter(tmp_path, digits_file, capsys):
                 "--set", "train.alpha=-1"]) == 2
     assert "train.alpha: expected a number >= 0" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_failing_compiler_falls_back_to_eager_with_a_message(digits_file, monkeypatch,
+                                                               capsys):
+    class CompilerFailed(torch._dynamo.exc.TorchDynamoException):
+        pass
+
+    def broken_compile(module):
+        def forward(*args):
+            raise CompilerFailed("no C++ compiler")
+        return forward
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    data = prepare(read_features(digits_file), "gaussian", torch.device("cpu"))
+    torch.manual_seed(0)
+    model = build_model("ss_mvae", data.dims, 10, tiny_config())
+    settings = FitSettings(epochs=1, lr=1e-3, batch_size=128, labeled_batch_size=32, seed=1,
+                           compile=True)
+    history = fit(model, data, settings, progress=False)
+    assert np.isfinite(history[0]["loss"])
+    assert "torch.compile failed (CompilerFailed: no C++ compiler)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_compiled_loss_trains_like_the_eager_one(digits_file):
+    """train.compile's path (the default on CUDA) through torch.compile on the CPU: it runs,
+    and lands where eager training does (its own random numbers: not bit for bit)."""
+    data = prepare(read_features(digits_file), "gaussian", torch.device("cpu"))
+    losses = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = build_model("ss_mvae", data.dims, 10, tiny_config())
+        settings = FitSettings(epochs=2, lr=1e-3, batch_size=128, labeled_batch_size=32,
+                               seed=1, compile=compiled)
+        losses[compiled] = fit(model, data, settings, progress=False)[-1]["loss"]
+    assert losses[True] == pytest.approx(losses[False], rel=0.05)

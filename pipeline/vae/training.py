@@ -178,6 +178,7 @@ def fit(model: nn.Module, data: TrialData, settings: FitSettings, *,
         randomness = lambda: distributed.ShardedRandomness(world)  # noqa: E731
     elif settings.compile:
         loss_fn = torch.compile(loss_fn)
+    eager = loss_fn if not settings.compile or world.distributed else LossModule(model)
     model.train()
     bar = tqdm(range(start, settings.epochs), desc="epochs",
                disable=not progress or not world.is_main, initial=start,
@@ -187,10 +188,22 @@ def fit(model: nn.Module, data: TrialData, settings: FitSettings, *,
             sums: dict[str, torch.Tensor] = {}
             steps = 0
             for l_idx, u_idx in _epoch_indices(rng, n_u, n_l, settings, world, device):
-                with randomness():
-                    loss, terms = train_step(loss_fn, optimizer, _take(data.labelled, l_idx),
-                                             _take(data.unlabelled, u_idx), dtype=dtype,
-                                             grad_clip=settings.grad_clip)
+                labelled, unlabelled = _take(data.labelled, l_idx), _take(data.unlabelled, u_idx)
+                try:
+                    with randomness():
+                        loss, terms = train_step(loss_fn, optimizer, labelled, unlabelled,
+                                                 dtype=dtype, grad_clip=settings.grad_clip)
+                except torch._dynamo.exc.TorchDynamoException as err:
+                    if loss_fn is eager:
+                        raise
+                    # Compiling happens in the first step's forward and backward, before
+                    # any weight changes: go on in eager mode (the same in distribution).
+                    tqdm.write(f"torch.compile failed ({type(err).__name__}: "
+                               f"{str(err)[:300]}); training in eager mode (train.compile: "
+                               "never skips the attempt)")
+                    loss_fn = eager
+                    loss, terms = train_step(loss_fn, optimizer, labelled, unlabelled,
+                                             dtype=dtype, grad_clip=settings.grad_clip)
                 for name, value in {"loss": loss.detach(), **terms}.items():
                     sums[name] = sums.get(name, 0.0) + value.float()
                 steps += 1
