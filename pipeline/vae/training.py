@@ -107,9 +107,10 @@ def unchecked_distributions() -> Iterator[None]:
 def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:
     """Adam; on CUDA with the fused kernel (one launch for every parameter).
 
-    torch's fused CPU Adam is faster too (a 58M-parameter model: ~70 ms of a ~700 ms step
-    saved on the 2-core development machine) but rounds differently, and fixed-seed CPU
-    runs keep the results they gave before (bench/fixed_seed_metrics.py).
+    torch's fused CPU Adam saves little (SS-HMVAE-kl, 58M parameters, 2-core development
+    machine: 134 instead of 150 ms of a ~800 ms fp32 step, torch.profiler) and rounds
+    differently; fixed-seed CPU runs keep the results they gave before
+    (bench/fixed_seed_metrics.py).
     """
     device = next(model.parameters()).device
     return torch.optim.Adam(model.parameters(), lr=lr, fused=device.type == "cuda")
