@@ -130,3 +130,15 @@ def test_launch_processes_runs_the_train_stage_under_torchrun(tmp_path):
     one, two = (json.loads((outs[p] / "metrics.json").read_text()) for p in (1, 2))
     assert two["final_loss"] == pytest.approx(one["final_loss"], rel=1e-6)
     assert two["accuracy"].keys() == one["accuracy"].keys()
+
+
+def test_stacked_runs_and_several_processes_are_refused_before_any_launch(tmp_path, capsys):
+    from pipeline.__main__ import main as cli
+
+    features = [tmp_path / "a.h5", tmp_path / "b.h5"]
+    code = cli(["train", "--params", str(ROOT / "params.yaml"), "--features", *map(str, features),
+                "--model", "m2", "--out", str(tmp_path / "a"), str(tmp_path / "b"),
+                "--set", "launch.processes=2"])
+    assert code == 2
+    assert "stacked runs (several --features) train in one process" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()

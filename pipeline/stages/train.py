@@ -33,13 +33,13 @@ def main(argv: list[str]) -> int:
                             f"and {len(args.out)} output folder(s); give one --out per "
                             "--features")
         config = load(args)
+        world = distributed.world_from_env()
+        if len(args.features) > 1 and (world.distributed or config.launch.processes > 1):
+            raise UserError("stacked runs (several --features) train in one process; "
+                            "use launch.processes: 1")
         relaunched = distributed.relaunch(config.launch.processes, "train", argv)
         if relaunched is not None:
             return relaunched
-        world = distributed.world_from_env()
-        if world.distributed and len(args.features) > 1:
-            raise UserError("stacked runs (several --features) train in one process; "
-                            "use launch.processes: 1")
         device = distributed.init(world, resolve_device(config.train.device),
                                   config.launch.backend)
         stamps = [(out, ["vae", "store.py"], ["checkpoint.pt"]) for out in args.out]
