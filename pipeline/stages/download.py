@@ -44,8 +44,8 @@ def main(argv: list[str]) -> int:
         config.dump(Path(args.out) / "config.json")
         state = "updated from" if record["changed"] else "already complete:"
         archive = record["archive"]
-        print(f"{args.out}: {state} {archive['file']} ({archive['size']} bytes, "  # type: ignore[index]
-              f"SHA-256 {archive['sha256']})")  # type: ignore[index]
+        print(f"{args.out}: {state} {archive['file']} ({archive['size']} bytes, "
+              f"SHA-256 {archive['sha256']})")
 
     return run_stage(body)
 
