@@ -18,34 +18,40 @@ from pipeline.rgbd.download import (
 
 
 class Server:
-    """Serves `payload` at /data.zip with Range support; can cut a response half-way."""
+    """Serves `payload` at /data.zip (and `add`ed files) with Range support; can cut a
+    response half-way, leave out Content-Length or send another Content-Type."""
 
     def __init__(self, payload: bytes) -> None:
-        self.payload = payload
+        self.files: dict[str, dict] = {}
+        self.add("/data.zip", payload)
         self.cut_after: int | None = None  # bytes of the next response before hanging up
         self.requests: list[dict] = []
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
-                if self.path != "/data.zip":
+                if self.path not in owner.files:
                     self.send_error(404)
                     return
+                spec = owner.files[self.path]
+                payload = spec["payload"]
                 start = 0
                 rng = self.headers.get("Range")
                 if rng:
                     start = int(rng.removeprefix("bytes=").split("-")[0])
-                body = owner.payload[start:]
+                body = payload[start:]
                 cut, owner.cut_after = owner.cut_after, None
                 self.send_response(206 if rng else 200)
                 if rng:
                     self.send_header("Content-Range",
-                                     f"bytes {start}-{len(owner.payload) - 1}/{len(owner.payload)}")
-                self.send_header("Content-Length", str(len(body)))
+                                     f"bytes {start}-{len(payload) - 1}/{len(payload)}")
+                if spec["length"]:
+                    self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Type", spec["type"])
                 self.end_headers()
                 sent = body[:cut] if cut is not None else body
                 # Recorded before writing: the client may return before this thread goes on.
-                owner.requests.append({"range": rng, "sent": len(sent)})
+                owner.requests.append({"path": self.path, "range": rng, "sent": len(sent)})
                 self.wfile.write(sent)
                 if cut is not None:
                     self.close_connection = True
@@ -54,9 +60,20 @@ class Server:
                 pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/data.zip"
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.url = f"{self.base}/data.zip"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
+
+    @property
+    def payload(self) -> bytes:
+        return self.files["/data.zip"]["payload"]
+
+    def add(self, path: str, payload: bytes, *, length: bool = True,
+            content_type: str = "application/octet-stream") -> str:
+        """Serve `payload` at `path` (without Content-Length if `length` is False)."""
+        self.files[path] = {"payload": payload, "length": length, "type": content_type}
+        return f"{getattr(self, 'base', '')}{path}"
 
     def close(self) -> None:
         self.httpd.shutdown()
