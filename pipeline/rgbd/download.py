@@ -406,7 +406,7 @@ def download_dataset(out: str | Path, *, url: str, splits_url: str, cache: str |
                     check=_check_trials_text, **options)
     try:
         check_trials(read_trials(trials.path), zip_instances(archive.path),
-                     source=str(trials.path))
+                     source=str(trials.path), data=f"the archive {archive.path}")
     except UserError:
         trials.discard()
         raise
