@@ -210,7 +210,7 @@ def sha256(data: bytes) -> str:
 
 
 def test_a_changed_splits_url_is_fetched_again(server, tiny_archive, tmp_path):
-    archive, trials = tiny_archive
+    trials = tiny_archive[1]
     text_a = trials.read_text()
     text_b = format_trials({**parse_trials(text_a), 3: parse_trials(text_a)[1]})
     url_a = server.add("/a/testinstance_ids.txt", text_a.encode())

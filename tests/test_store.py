@@ -178,8 +178,8 @@ def one_line_error(capsys, argv) -> str:
 def test_integer_names_in_an_images_file_are_a_clear_error(tmp_path, capsys, name):
     path = images_file(tmp_path / "images.h5")
     replace_dataset(path, name, np.arange(4))
-    with pytest.raises(StoreError, match=f"images.h5: dataset '{name}' must hold strings, "
-                                         "got int64"):
+    with pytest.raises(StoreError, match=rf"images\.h5: dataset '{name}' must hold strings, "
+                                         r"got int64"):
         read_images_index(path)
     assert f"dataset '{name}' must hold strings" in one_line_error(capsys, ["inspect", str(path)])
     (tmp_path / "params.yaml").write_text("profile: paper\n")
@@ -194,7 +194,7 @@ def test_integer_frames_in_a_splits_file_are_a_clear_error(tmp_path, capsys):
     write_splits(path, frames=["a_1_1_1", "a_2_1_1"],
                  splits=[TrialSplit(1, np.array([1, 0], bool), np.array([0, 1], bool), ["a_1"])])
     replace_dataset(path, "frame", np.arange(2))
-    with pytest.raises(StoreError, match="splits.h5: dataset 'frame' must hold strings"):
+    with pytest.raises(StoreError, match=r"splits\.h5: dataset 'frame' must hold strings"):
         read_split(path, 1)
     assert "splits.h5: dataset 'frame'" in one_line_error(capsys, ["inspect", str(path)])
 
@@ -220,7 +220,7 @@ def test_half_written_files_are_a_clear_error(tmp_path, capsys):
     for path in (images, features, splits):
         err = one_line_error(capsys, ["inspect", str(path)])
         assert f"{path}: damaged or half-written HDF5 file" in err
-    with pytest.raises(StoreError, match="trial-1.h5: damaged or half-written"):
+    with pytest.raises(StoreError, match=r"trial-1\.h5: damaged or half-written"):
         read_features(features)
     (tmp_path / "params.yaml").write_text("profile: paper\n")
     err = one_line_error(capsys, ["split", "--params", str(tmp_path / "params.yaml"),
@@ -233,8 +233,8 @@ def test_float_labels_are_refused_not_truncated(tmp_path):
     data = feature_set()
     write_features(path, data)
     replace_dataset(path, "label", data.label + 0.7)  # 2.7 would be read as class 2
-    with pytest.raises(StoreError, match="trial-1.h5: dataset 'label' must be integer, "
-                                         "got float64"):
+    with pytest.raises(StoreError, match=r"trial-1\.h5: dataset 'label' must be integer, "
+                                         r"got float64"):
         read_features(path)
     images = images_file(tmp_path / "images.h5")
     replace_dataset(images, "label", np.array([0.0, 1.5, 0.0, 1.0]))
