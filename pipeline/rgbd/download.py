@@ -3,8 +3,12 @@
 `fetch` takes an http(s) URL, a `file://` URL or a plain path (clusters without internet
 copy the archive somewhere first). HTTP downloads go to `<name>.partial`, resume with a Range
 request after a broken connection (and on the next run), retry with exponential back-off,
-and are renamed into place only when the size (and the SHA-256, when given) match.
-`extract_zip` refuses members that would land outside the target folder.
+and are renamed into place only when the size (and the SHA-256, when given) match and the
+content checks out (no HTML page; a readable zip, a parsable trials file). Cached files are
+checked again on every run against these and against `<file>.source.json`, the record of the
+URL each came from. `extract_zip` refuses members that would land outside the target folder
+and swaps the new tree in whole. `download_dataset` writes the completion marker
+`.download.json` last; `preprocess` reads no folder without it.
 """
 
 from __future__ import annotations
