@@ -14,7 +14,6 @@ timestamps (`track_times=False`), so identical data gives identical bytes for DV
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from pipeline.atomic import atomic_path
 from pipeline.errors import UserError
 
 FEATURES_SCHEMA = "ssmvae-features/1"
@@ -43,16 +43,8 @@ def atomic_h5(path: str | Path) -> Iterator[h5py.File]:
 
     On any exception the partial file is removed and an existing file at `path` is kept.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.unlink(missing_ok=True)
-    try:
-        with h5py.File(tmp, "w", track_order=True) as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=True) as f:
+        yield f
 
 
 def _dataset(f: h5py.Group, name: str, data: Any, **kwargs: Any) -> h5py.Dataset:

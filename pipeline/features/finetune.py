@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pipeline import distributed
+from pipeline.atomic import torch_save, write_json
 from pipeline.config import FinetuneConfig
 from pipeline.devices import resolve_device
 from pipeline.errors import UserError
@@ -46,13 +46,6 @@ from pipeline.store import TrialSplit, open_images, read_images_index, read_spli
 log = logging.getLogger(__name__)
 MODALITIES = ("rgb", "depth")
 _BLOCK = 512  # image rows read from HDF5 at once when streaming
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save under a temporary name, then rename: a kill never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def iter_rows(f: h5py.File, name: str, mask: np.ndarray,
@@ -304,9 +297,9 @@ def _train(model: nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor,
             done = epoch + 1
             # After the last epoch `model.pt` is the checkpoint (written by `_finish`).
             if done % config.checkpoint_every == 0 and done < config.epochs:
-                save_atomic({"epoch": done, "settings": settings, "history": history,
-                             "model": model.state_dict(), "optimizer": opt.state_dict()},
-                            out / "state.pt")
+                torch_save({"epoch": done, "settings": settings, "history": history,
+                           "model": model.state_dict(), "optimizer": opt.state_dict()},
+                          out / "state.pt")
     return history
 
 
@@ -315,13 +308,11 @@ def _finish(model: nn.Module, out: Path, settings: dict[str, Any], config: Finet
             device: torch.device) -> dict[str, Any]:
     meta = {**settings, **_extra_meta(config.epochs)}
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_atomic({"meta": meta, "state_dict": weights}, out / "model.pt")
+    torch_save({"meta": meta, "state_dict": weights}, out / "model.pt")
     (out / "state.pt").unlink(missing_ok=True)  # the final weights make it redundant
     metrics = {"trial": settings["trial"], "modality": settings["modality"],
                "test_accuracy": accuracy, "n_test": int(split.is_test.sum()),
                "n_labeled": int((split.is_labeled & ~split.is_test).sum()),
                "epochs": config.epochs, "device": device.type, **history}
-    tmp = out / ".metrics.json.partial"
-    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out / "metrics.json")
+    write_json(out / "metrics.json", metrics, sort_keys=True)
     return metrics

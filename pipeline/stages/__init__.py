@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pipeline.atomic import write_text
 from pipeline.config import Config, load_config
 from pipeline.errors import UserError
 
@@ -76,4 +77,4 @@ def code_stamp(out: Path, packages: Sequence[str], resumable: Sequence[str]) -> 
             if target.is_file():
                 print(f"{target}: written by other code; starting afresh", file=sys.stderr)
                 target.unlink()
-    stamp.write_text(current + "\n")
+    write_text(stamp, current + "\n")

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.report import collect, plot, to_json, to_markdown, write_text
+from pipeline.atomic import write_text
+from pipeline.report import collect, plot, to_json, to_markdown
 from pipeline.stages import load, run_stage, stage_parser
 
 
