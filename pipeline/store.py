@@ -175,12 +175,18 @@ class FeaturesWriter:
             f["frame"][start:stop] = _strings(frame)
 
     def close(self) -> None:
-        self._ctx.__exit__(None, None, None)
+        self.__exit__(None, None, None)
 
     def __enter__(self) -> FeaturesWriter:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:  # validated before the rename: nothing invalid at `path`
+            try:
+                _validate_features_file(self._file, self.path, require_labeled=False)
+            except StoreError as err:
+                self._ctx.__exit__(StoreError, err, err.__traceback__)  # removes the file
+                raise
         self._ctx.__exit__(exc_type, exc, tb)
 
 

@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -181,11 +181,29 @@ def _load_labeled(f: h5py.File, modality: str, mask: np.ndarray, device: torch.d
     return images
 
 
-def _resume_state(out: Path, settings: dict[str, Any], epochs: int) -> dict[str, Any] | None:
-    path = out / "state.pt"
+def _load_or_discard(path: Path, *, mmap: bool = False) -> dict[str, Any] | None:
+    """A checkpoint this stage wrote, or None; an unreadable one (a damaged disk, a file
+    copied in by hand) is deleted with a message, so the run starts afresh instead of
+    failing on every rerun."""
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        if not isinstance(saved, dict):
+            raise TypeError(f"holds a {type(saved).__name__}, not a dict")
+    except Exception as err:  # torch raises many types for a damaged or foreign file
+        log.warning("%s: unreadable (%s); deleting it and starting afresh", path,
+                    str(err).splitlines()[0] if str(err) else type(err).__name__)
+        path.unlink()
+        return None
+    return saved
+
+
+def _resume_state(out: Path, settings: dict[str, Any], epochs: int) -> dict[str, Any] | None:
+    path = out / "state.pt"
+    state = _load_or_discard(path)
+    if state is None:
+        return None
     if state.get("settings") != settings or state.get("epoch", 0) > epochs:
         log.warning("%s: saved with other settings; starting afresh", path)
         return None
@@ -198,11 +216,15 @@ def _finished(out: Path, settings: dict[str, Any], epochs: int) -> dict[str, Any
     model, metrics = out / "model.pt", out / "metrics.json"
     if not (model.is_file() and metrics.is_file()) or (out / "state.pt").exists():
         return None
-    meta = torch.load(model, map_location="cpu", weights_only=True, mmap=True)["meta"]
-    if meta != {**settings, **_extra_meta(epochs)}:
+    saved = _load_or_discard(model, mmap=True)
+    if saved is None or saved.get("meta") != {**settings, **_extra_meta(epochs)}:
         return None
+    try:
+        done = json.loads(metrics.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None  # not whole: fine-tune again, which rewrites it
     log.info("%s: already fine-tuned with these settings", model)
-    return json.loads(metrics.read_text())
+    return done
 
 
 def _extra_meta(epochs: int) -> dict[str, Any]:
@@ -213,8 +235,13 @@ def _extra_meta(epochs: int) -> dict[str, Any]:
 def finetune(*, images: str | Path, splits: str | Path, trial: int, modality: str,
              out: str | Path, config: FinetuneConfig, cache_dir: str | Path,
              world: distributed.World = distributed.SINGLE,
-             device: torch.device | None = None) -> dict[str, Any]:
+             device: torch.device | None = None,
+             prepare: Callable[[], None] | None = None) -> dict[str, Any]:
     """Fine-tune (or resume), write `model.pt` and `metrics.json` into `out`; return metrics.
+
+    Nothing is written before the inputs (images, splits, initial weights) are checked;
+    then the main process creates `out` and calls `prepare` (the stage's code stamp and
+    `config.json`) before any process reads a saved state.
 
     Under torchrun (`world`, the process group initialised, `device` this process's) the
     model trains in DistributedDataParallel; the main process alone writes, evaluates and
@@ -223,7 +250,6 @@ def finetune(*, images: str | Path, splits: str | Path, trial: int, modality: st
     if modality not in MODALITIES:
         raise ValueError(f"expected modality in {MODALITIES}, got {modality!r}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     device = device or resolve_device(config.device)
     index = read_images_index(images)
     split = read_split(splits, trial, index.frame)
@@ -235,7 +261,10 @@ def finetune(*, images: str | Path, splits: str | Path, trial: int, modality: st
     init, info = vgg.initial_weights(config.weights, url=config.weights_url,
                                      sha256=config.weights_sha256, cache_dir=cache_dir)
     if world.is_main:
-        distributed.barrier(world)
+        out.mkdir(parents=True, exist_ok=True)
+        if prepare is not None:
+            prepare()
+        distributed.barrier(world)  # no process reads a state that `prepare` deletes
     settings = _settings(config, info, trial=trial, modality=modality,
                          categories=list(index.categories),
                          data=_fingerprint(index.frame, index.label, train_mask))
