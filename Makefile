@@ -4,18 +4,28 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
 
 export DVC_NO_ANALYTICS := true
 
-.PHONY: setup test lint run bench clean
+.PHONY: setup lock test lint run bench clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# requirements.lock pins every package of the environment to one version and one file (its
+# sha256): `--require-hashes` installs exactly those or fails. The project itself goes in
+# last, editable, without dependencies (all in the lock) and with the locked setuptools.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install -qq --require-hashes -r $(LOCK)
+	$(PY) -m pip install -qq --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
+
+# Re-resolve pyproject.toml's dependencies to their newest allowed versions and rewrite
+# requirements.lock (tools/lock.py); then `make setup` installs them.
+lock: setup
+	$(PY) tools/lock.py
 
 test: setup
 	$(PY) -m ruff check .

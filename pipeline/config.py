@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline.atomic import write_json
 from pipeline.errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -33,6 +34,8 @@ PRECISIONS = ("bf16", "fp32")
 
 class ConfigError(UserError):
     """A parameter is unknown, of the wrong type or out of range; the message names it."""
+
+    key = ""  # the dotted key, when a range check raised it
 
 
 @dataclass(frozen=True)
@@ -278,7 +281,7 @@ class Config:
 
     def dump(self, path: str | Path) -> None:
         """Write the effective configuration next to a stage's outputs."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        write_json(path, self.to_dict(), sort_keys=True)
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "profile"}
@@ -300,6 +303,11 @@ def load_config(
             raw = yaml.safe_load(Path(path).read_text()) or {}
         except FileNotFoundError as err:
             raise ConfigError(f"{where}: parameters file not found") from err
+        except IsADirectoryError as err:
+            raise ConfigError(f"{where}: is a folder, not a parameters file") from err
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{where}: not a text file ({err.reason} at byte "
+                              f"{err.start})") from err
         except yaml.YAMLError as err:
             raise ConfigError(f"{where}: not valid YAML: {err}") from err
         if not isinstance(raw, dict):
@@ -317,7 +325,8 @@ def load_config(
         raise ConfigError(f"{where}: profiles: expected a mapping, got {type(profiles).__name__}")
     if profile != "paper" and profile not in profiles:
         allowed = ", ".join(sorted({"paper", *profiles}))
-        raise ConfigError(f"{where}: profile: unknown profile {profile!r}; "
+        origin = "--set" if any(k == "profile" for k, _ in sets) else where
+        raise ConfigError(f"{origin}: profile: unknown profile {profile!r}; "
                           f"expected one of {allowed}")
     chosen = profiles.get(profile) or {}
     if not isinstance(chosen, dict):
@@ -332,22 +341,25 @@ def load_config(
                               "(dvc.yaml's matrix reads train.models itself); edit train.models")
         for key, value in values.items():
             _assign(raw, f"{section}.{key}", value, origin)
+    origins = {}  # section.key -> where its value came from, when not the file
     for key, value in sets:
         if key not in ("profile", "trials"):
             _assign(raw, key, value, "--set")
+            origins[key] = "--set"
     sections = {}
     for name, section in raw.items():
         if name not in SECTIONS:
             raise ConfigError(f"{where}: unknown section {name!r}; expected one of "
                               f"{', '.join(SECTIONS)}")
-        sections[name] = _build(_section_class(name), section, name, where)
+        sections[name] = _build(_section_class(name), section, name, where, origins)
     config = Config(profile=str(profile), **sections)
     for name in SECTIONS:
         try:
             getattr(config, name).check()
         except ConfigError as err:
-            raise ConfigError(f"{where}: {err}") from None
-    _check_dvc_keys(config, profiles, dvc_trials, where)
+            raise ConfigError(f"{origins.get(err.key, where)}: {err}") from None
+    _check_dvc_keys(config, profiles, dvc_trials,
+                    "--set" if any(k == "trials" for k, _ in sets) else where)
     return config
 
 
@@ -399,7 +411,8 @@ def _assign(raw: dict[str, Any], dotted: str, value: Any, origin: str) -> None:
     target[key] = value
 
 
-def _build(cls: type, data: Any, section: str, where: str) -> Any:
+def _build(cls: type, data: Any, section: str, where: str,
+           origins: Mapping[str, str] | None = None) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
@@ -408,10 +421,11 @@ def _build(cls: type, data: Any, section: str, where: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     values = {}
     for key, value in data.items():
+        origin = (origins or {}).get(f"{section}.{key}", where)
         if key not in known:
-            raise ConfigError(f"{where}: unknown key {section}.{key}; expected one of "
+            raise ConfigError(f"{origin}: unknown key {section}.{key}; expected one of "
                               f"{', '.join(sorted(known))}")
-        values[key] = _coerce(value, hints[key], f"{where}: {section}.{key}")
+        values[key] = _coerce(value, hints[key], f"{origin}: {section}.{key}")
     return cls(**values)
 
 
@@ -444,7 +458,13 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
                 value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float's range
+            number = math.inf
+        if not math.isfinite(number):  # no key means anything by .inf or .nan
+            raise ConfigError(f"{name}: expected a finite number, got {value!r}")
+        return number
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{name}: expected a string, got {value!r}")
@@ -454,7 +474,9 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
 
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
-        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+        err = ConfigError(f"{key}: expected {expected}, got {value!r}")
+        err.key = key  # lets load_config name where the value came from
+        raise err
 
 
 def _check_device(key: str, value: str) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, TypeVar
 import h5py
 import numpy as np
 
+from pipeline.atomic import atomic_path
 from pipeline.errors import UserError
 
 FEATURES_SCHEMA = "ssmvae-features/1"
@@ -63,16 +63,8 @@ def atomic_h5(path: str | Path) -> Iterator[h5py.File]:
 
     On any exception the partial file is removed and an existing file at `path` is kept.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.unlink(missing_ok=True)
-    try:
-        with h5py.File(tmp, "w", track_order=True) as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=True) as f:
+        yield f
 
 
 def _dataset(f: h5py.Group, name: str, data: Any, **kwargs: Any) -> h5py.Dataset:
@@ -213,12 +205,18 @@ class FeaturesWriter:
             f["frame"][start:stop] = _strings(frame)
 
     def close(self) -> None:
-        self._ctx.__exit__(None, None, None)
+        self.__exit__(None, None, None)
 
     def __enter__(self) -> FeaturesWriter:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:  # validated before the rename: nothing invalid at `path`
+            try:
+                _validate_features_file(self._file, self.path, require_labeled=False)
+            except StoreError as err:
+                self._ctx.__exit__(StoreError, err, err.__traceback__)  # removes the file
+                raise
         self._ctx.__exit__(exc_type, exc, tb)
 
 

@@ -1,16 +1,22 @@
 """A persisted checkpoint is resumed only by the code that wrote it (pipeline.stages.code_stamp)."""
 
 from pipeline.stages import code_stamp
+from tests.test_dvc_deps import fake_project
 
 
 def test_checkpoint_of_other_code_is_discarded(tmp_path, capsys):
-    out = tmp_path / "run"
-    code_stamp(out, ["report.py"], ["checkpoint.pt"])
+    root, out = tmp_path / "src", tmp_path / "run"
+    fake_project(root)
+    code_stamp(out, "run", ["checkpoint.pt"], root=root)
     assert not out.exists()  # nothing to resume: bad input still writes nothing
     out.mkdir()
     (out / "checkpoint.pt").write_text("killed before the first stamp")
-    code_stamp(out, ["report.py"], ["checkpoint.pt"])
+    code_stamp(out, "run", ["checkpoint.pt"], root=root)
     assert (out / "checkpoint.pt").is_file()  # resumed
-    code_stamp(out, ["report.py", "config.py"], ["checkpoint.pt"])  # other code
+    (root / "pipeline/unused.py").write_text("x = 1\n")  # not imported by the stage
+    code_stamp(out, "run", ["checkpoint.pt"], root=root)
+    assert (out / "checkpoint.pt").is_file()
+    (root / "pipeline/sub/deep.py").write_text("f = 2\n")  # imported (indirectly): other code
+    code_stamp(out, "run", ["checkpoint.pt"], root=root)
     assert not (out / "checkpoint.pt").exists()
     assert "written by other code" in capsys.readouterr().err

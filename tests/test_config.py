@@ -104,3 +104,40 @@ def test_profile_used_by_dvc_lists_every_section_and_keeps_models(tmp_path):
                                    "profiles": {"p": {"train": {"models": ["m2"]}}}})
     with pytest.raises(ConfigError, match=r"profiles.p.train.models: a profile cannot change"):
         load_config(path)
+
+
+@pytest.mark.parametrize("override", [
+    "download.backoff_s=.inf", "finetune.lr=.inf", "train.alpha=.nan", "download.timeout_s=.inf",
+    "train.grad_clip=-.inf", f"train.lr={10**400}",
+])
+def test_non_finite_numbers_are_refused_at_load(override):
+    key = override.partition("=")[0]
+    with pytest.raises(ConfigError, match=rf"^--set: {key}: expected a finite number"):
+        load_config(ROOT / "params.yaml", [override])
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.lr=-1", "--set: train.lr: expected a number > 0, got -1.0"),
+    ("train.lr=abc", "--set: train.lr: expected a number, got 'abc'"),
+    ("train.alhpa=1", "--set: unknown key train.alhpa"),
+    ("profile=nope", "--set: profile: unknown profile 'nope'"),
+])
+def test_a_value_from_set_is_blamed_on_set_not_the_file(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(ROOT / "params.yaml", [override])
+    assert str(err.value).startswith(message)
+
+
+def test_a_bad_value_in_the_file_names_the_file(tmp_path):
+    path = write_params(tmp_path, {"train": {"lr": -1.0}})
+    with pytest.raises(ConfigError, match=r"params\.yaml: train\.lr: expected a number > 0"):
+        load_config(path, ["train.alpha=0.5"])
+
+
+def test_binary_or_folder_params_file_is_a_clear_error(tmp_path):
+    binary = tmp_path / "params.yaml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    with pytest.raises(ConfigError, match=r"params\.yaml: not a text file"):
+        load_config(binary)
+    with pytest.raises(ConfigError, match=r": is a folder, not a parameters file"):
+        load_config(tmp_path)

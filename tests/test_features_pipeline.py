@@ -336,3 +336,91 @@ def test_finetune_under_torchrun_equals_one_process(data, tuned, tmp_path):
                for d in (tuned["models"] / "trial-1-depth", out)]
     assert metrics[1]["test_accuracy"] == metrics[0]["test_accuracy"]
     assert metrics[1]["train_loss"] == pytest.approx(metrics[0]["train_loss"], rel=1e-5)
+
+
+def _extract_cli(data, tuned, checkpoints, out):
+    return cli(["extract", "--params", str(tuned["params"]), "--images", str(data["images"]),
+                "--splits", str(data["splits"]), "--trial", "1",
+                "--checkpoints", str(checkpoints), "--out", str(out)])
+
+
+def test_checkpoint_yielding_nan_leaves_no_features_file(data, tuned, tmp_path, capsys):
+    """Validated before the rename: an invalid file never reaches the final path."""
+    models = tmp_path / "models"
+    shutil.copytree(tuned["models"], models)
+    path = models / "trial-1-rgb" / "model.pt"
+    saved = torch.load(path, weights_only=True)
+    saved["state_dict"]["classifier.0.bias"][7] = float("nan")  # fc1 unit 7 of every frame
+    torch.save(saved, path)
+    out = tmp_path / "features" / "trial-1.h5"
+    assert _extract_cli(data, tuned, models, out) == 2
+    err = capsys.readouterr().err
+    assert f"error: {out}: dataset 'features/rgb' holds NaN or inf (first at row 0)" in err
+    assert "Traceback" not in err
+    assert not out.exists() and not list(out.parent.glob(".*"))
+    assert not (tmp_path / "features" / "trial-1.config.json").exists()
+
+
+def test_corrupt_model_pt_given_to_extract_is_a_clear_error(data, tuned, tmp_path, capsys):
+    models = tmp_path / "models"
+    shutil.copytree(tuned["models"], models)
+    path = models / "trial-1-depth" / "model.pt"
+    path.write_bytes(path.read_bytes()[:4096])  # cut short, as by a full disk
+    assert _extract_cli(data, tuned, models, tmp_path / "f.h5") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: not a checkpoint of the finetune stage (")
+    assert "Traceback" not in err and not (tmp_path / "f.h5").exists()
+
+
+@pytest.mark.parametrize("name", ["state.pt", "model.pt"])
+def test_corrupt_checkpoint_in_a_finetune_folder_is_discarded(data, tuned, tmp_path, caplog,
+                                                               name):
+    """Not a traceback on every rerun: the damaged file goes, with a message, and the run
+    starts afresh."""
+    out = tmp_path / "run"
+    shutil.copytree(tuned["models"] / "trial-1-rgb", out)
+    (out / name).write_bytes(b"PK\x03\x04 damaged")
+    settings = {"any": "settings"}
+    caplog.set_level("WARNING")
+    if name == "state.pt":
+        assert ft._resume_state(out, settings, epochs=2) is None
+    else:
+        assert ft._finished(out, settings, epochs=2) is None
+    assert not (out / name).exists()
+    assert f"{out / name}: unreadable (" in caplog.text
+    assert "deleting it and starting afresh" in caplog.text
+
+
+def test_finetune_writes_nothing_before_its_inputs_are_checked(data, tuned, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["finetune", "--params", str(tuned["params"]), "--modality", "rgb",
+            "--out", str(out)]
+    code = cli([*base, "--images", str(tmp_path / "missing.h5"),
+                "--splits", str(data["splits"]), "--trial", "1"])
+    assert code == 2 and "missing.h5: file not found" in capsys.readouterr().err
+    code = cli([*base, "--images", str(data["images"]), "--splits", str(data["splits"]),
+                "--trial", "7"])
+    assert code == 2 and "no trial 7" in capsys.readouterr().err
+    assert not out.exists()  # no folder, no code.sha256, no config.json
+
+
+@pytest.mark.parametrize("stage", ["finetune", "train", "report", "extract"])
+def test_out_naming_a_file_or_folder_in_the_way_is_one_line(data, tuned, tmp_path, capsys,
+                                                              stage):
+    blocker = tmp_path / "taken"
+    if stage == "extract":
+        blocker.mkdir()  # a folder where the features file should go
+    else:
+        blocker.write_text("a file where the output folder should go")
+    args = {"finetune": ["--images", str(data["images"]), "--splits", str(data["splits"]),
+                         "--trial", "1", "--modality", "rgb"],
+            "train": ["--features", str(tmp_path / "f.h5"), "--model", "m2"],
+            "report": [],
+            "extract": ["--images", str(data["images"]), "--splits", str(data["splits"]),
+                        "--trial", "1", "--checkpoints", str(tuned["models"])]}[stage]
+    code = cli([stage, "--params", str(tuned["params"]), *args, "--out", str(blocker)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    expected = "is a folder; give a file path" if stage == "extract" else \
+        "exists and is not a folder; give a folder path"
+    assert err == f"error: --out {blocker}: {expected}\n"

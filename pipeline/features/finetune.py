@@ -23,8 +23,7 @@ import hashlib
 import json
 import logging
 import math
-import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pipeline import distributed
+from pipeline.atomic import torch_save, write_json
 from pipeline.config import FinetuneConfig
 from pipeline.devices import resolve_device
 from pipeline.errors import UserError
@@ -46,13 +46,6 @@ from pipeline.store import TrialSplit, open_images, read_images_index, read_spli
 log = logging.getLogger(__name__)
 MODALITIES = ("rgb", "depth")
 _BLOCK = 512  # image rows read from HDF5 at once when streaming
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save under a temporary name, then rename: a kill never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def iter_rows(f: h5py.File, name: str, mask: np.ndarray,
@@ -188,11 +181,29 @@ def _load_labeled(f: h5py.File, modality: str, mask: np.ndarray, device: torch.d
     return images
 
 
-def _resume_state(out: Path, settings: dict[str, Any], epochs: int) -> dict[str, Any] | None:
-    path = out / "state.pt"
+def _load_or_discard(path: Path, *, mmap: bool = False) -> dict[str, Any] | None:
+    """A checkpoint this stage wrote, or None; an unreadable one (a damaged disk, a file
+    copied in by hand) is deleted with a message, so the run starts afresh instead of
+    failing on every rerun."""
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        if not isinstance(saved, dict):
+            raise TypeError(f"holds a {type(saved).__name__}, not a dict")
+    except Exception as err:  # torch raises many types for a damaged or foreign file
+        log.warning("%s: unreadable (%s); deleting it and starting afresh", path,
+                    str(err).splitlines()[0] if str(err) else type(err).__name__)
+        path.unlink()
+        return None
+    return saved
+
+
+def _resume_state(out: Path, settings: dict[str, Any], epochs: int) -> dict[str, Any] | None:
+    path = out / "state.pt"
+    state = _load_or_discard(path)
+    if state is None:
+        return None
     if state.get("settings") != settings or state.get("epoch", 0) > epochs:
         log.warning("%s: saved with other settings; starting afresh", path)
         return None
@@ -205,11 +216,15 @@ def _finished(out: Path, settings: dict[str, Any], epochs: int) -> dict[str, Any
     model, metrics = out / "model.pt", out / "metrics.json"
     if not (model.is_file() and metrics.is_file()) or (out / "state.pt").exists():
         return None
-    meta = torch.load(model, map_location="cpu", weights_only=True, mmap=True)["meta"]
-    if meta != {**settings, **_extra_meta(epochs)}:
+    saved = _load_or_discard(model, mmap=True)
+    if saved is None or saved.get("meta") != {**settings, **_extra_meta(epochs)}:
         return None
+    try:
+        done = json.loads(metrics.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None  # not whole: fine-tune again, which rewrites it
     log.info("%s: already fine-tuned with these settings", model)
-    return json.loads(metrics.read_text())
+    return done
 
 
 def _extra_meta(epochs: int) -> dict[str, Any]:
@@ -220,8 +235,13 @@ def _extra_meta(epochs: int) -> dict[str, Any]:
 def finetune(*, images: str | Path, splits: str | Path, trial: int, modality: str,
              out: str | Path, config: FinetuneConfig, cache_dir: str | Path,
              world: distributed.World = distributed.SINGLE,
-             device: torch.device | None = None) -> dict[str, Any]:
+             device: torch.device | None = None,
+             prepare: Callable[[], None] | None = None) -> dict[str, Any]:
     """Fine-tune (or resume), write `model.pt` and `metrics.json` into `out`; return metrics.
+
+    Nothing is written before the inputs (images, splits, initial weights) are checked;
+    then the main process creates `out` and calls `prepare` (the stage's code stamp and
+    `config.json`) before any process reads a saved state.
 
     Under torchrun (`world`, the process group initialised, `device` this process's) the
     model trains in DistributedDataParallel; the main process alone writes, evaluates and
@@ -230,7 +250,6 @@ def finetune(*, images: str | Path, splits: str | Path, trial: int, modality: st
     if modality not in MODALITIES:
         raise ValueError(f"expected modality in {MODALITIES}, got {modality!r}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     device = device or resolve_device(config.device)
     index = read_images_index(images)
     split = read_split(splits, trial, index.frame)
@@ -242,7 +261,10 @@ def finetune(*, images: str | Path, splits: str | Path, trial: int, modality: st
     init, info = vgg.initial_weights(config.weights, url=config.weights_url,
                                      sha256=config.weights_sha256, cache_dir=cache_dir)
     if world.is_main:
-        distributed.barrier(world)
+        out.mkdir(parents=True, exist_ok=True)
+        if prepare is not None:
+            prepare()
+        distributed.barrier(world)  # no process reads a state that `prepare` deletes
     settings = _settings(config, info, trial=trial, modality=modality,
                          categories=list(index.categories),
                          data=_fingerprint(index.frame, index.label, train_mask))
@@ -304,9 +326,9 @@ def _train(model: nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor,
             done = epoch + 1
             # After the last epoch `model.pt` is the checkpoint (written by `_finish`).
             if done % config.checkpoint_every == 0 and done < config.epochs:
-                save_atomic({"epoch": done, "settings": settings, "history": history,
-                             "model": model.state_dict(), "optimizer": opt.state_dict()},
-                            out / "state.pt")
+                torch_save({"epoch": done, "settings": settings, "history": history,
+                           "model": model.state_dict(), "optimizer": opt.state_dict()},
+                          out / "state.pt")
     return history
 
 
@@ -315,13 +337,11 @@ def _finish(model: nn.Module, out: Path, settings: dict[str, Any], config: Finet
             device: torch.device) -> dict[str, Any]:
     meta = {**settings, **_extra_meta(config.epochs)}
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_atomic({"meta": meta, "state_dict": weights}, out / "model.pt")
+    torch_save({"meta": meta, "state_dict": weights}, out / "model.pt")
     (out / "state.pt").unlink(missing_ok=True)  # the final weights make it redundant
     metrics = {"trial": settings["trial"], "modality": settings["modality"],
                "test_accuracy": accuracy, "n_test": int(split.is_test.sum()),
                "n_labeled": int((split.is_labeled & ~split.is_test).sum()),
                "epochs": config.epochs, "device": device.type, **history}
-    tmp = out / ".metrics.json.partial"
-    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out / "metrics.json")
+    write_json(out / "metrics.json", metrics, sort_keys=True)
     return metrics

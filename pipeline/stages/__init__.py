@@ -8,13 +8,14 @@ traceback.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pipeline.atomic import write_text
 from pipeline.config import Config, load_config
 from pipeline.errors import UserError
+from pipeline.imports import code_digest
 
 # name -> (module, one-line summary); modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -51,29 +52,41 @@ def run_stage(body: Callable[[], int | None]) -> int:
         return 2
 
 
-def code_stamp(out: Path, packages: Sequence[str], resumable: Sequence[str]) -> None:
+def out_folder(path: str | Path, flag: str = "--out") -> Path:
+    """`path` as an output folder: refused at once when a file is in the way."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path}: exists and is not a folder; give a folder path")
+    return path
+
+
+def out_file(path: str | Path, flag: str = "--out") -> Path:
+    """`path` as an output file: refused at once when a folder is in the way."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a folder; give a file path")
+    return path
+
+
+def code_stamp(out: Path, stage: str, resumable: Sequence[str], *,
+               root: Path | None = None) -> None:
     """Let a checkpoint in `out` be resumed only by the code that wrote it.
 
     DVC keeps `persist: true` outputs when it re-runs a stage, also when the re-run is due to
     changed code; the checkpoints' own fingerprints cover parameters and data, not code. So
-    `out/code.sha256` records the hash of the package sources, and the files `resumable` are
+    `out/code.sha256` records the hash of the stage's source files (its import closure,
+    `pipeline.imports`: the files its dvc.yaml deps cover), and the files `resumable` are
     deleted when it differs. Call it before the work (a missing `out` is left alone, so bad
     input still writes nothing) and after it; a run killed before its first stamp resumes.
     """
     if not out.is_dir():
         return
-    root = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for package in packages:
-        for path in sorted((root / package).glob("*.py") if (root / package).is_dir()
-                           else [root / package]):
-            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-            digest.update(path.read_bytes())
-    stamp, current = out / "code.sha256", digest.hexdigest()
+    stamp = out / "code.sha256"
+    current = code_digest(stage) if root is None else code_digest(stage, root)
     if stamp.is_file() and stamp.read_text().strip() != current:
         for name in resumable:
             target = out / name
             if target.is_file():
                 print(f"{target}: written by other code; starting afresh", file=sys.stderr)
                 target.unlink()
-    stamp.write_text(current + "\n")
+    write_text(stamp, current + "\n")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline.features.extract import extract_features
 from pipeline.features.finetune import MODALITIES
-from pipeline.stages import load, run_stage, stage_parser
+from pipeline.stages import load, out_file, run_stage, stage_parser
 from pipeline.store import describe
 
 
@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
     def body() -> None:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         config = load(args)
-        out = Path(args.out or f"data/features/trial-{args.trial}.h5")
+        out = out_file(args.out or f"data/features/trial-{args.trial}.h5")
         checkpoints = {m: Path(args.checkpoints) / f"trial-{args.trial}-{m}" / "model.pt"
                        for m in MODALITIES}
         extract_features(images=args.images, splits=args.splits, trial=args.trial,

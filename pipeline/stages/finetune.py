@@ -19,7 +19,7 @@ import torch
 from pipeline import distributed
 from pipeline.devices import resolve_device
 from pipeline.features.finetune import MODALITIES, finetune
-from pipeline.stages import code_stamp, load, run_stage, stage_parser
+from pipeline.stages import code_stamp, load, out_folder, run_stage, stage_parser
 
 
 def main(argv: list[str]) -> int:
@@ -45,15 +45,16 @@ def main(argv: list[str]) -> int:
         random.seed(params.seed)
         np.random.seed(params.seed)
         torch.manual_seed(params.seed)
-        out = Path(args.out or f"models/vgg16/trial-{args.trial}-{args.modality}")
-        if world.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            code_stamp(out, ["features", "store.py"], ["state.pt", "model.pt", "metrics.json"])
+        out = out_folder(args.out or f"models/vgg16/trial-{args.trial}-{args.modality}")
+
+        def prepare() -> None:  # once the inputs are checked
+            code_stamp(out, "finetune", ["state.pt", "model.pt", "metrics.json"])
             config.dump(out / "config.json")
-        distributed.barrier(world)  # no process reads a state the stamp deletes
+
         metrics = finetune(images=args.images, splits=args.splits, trial=args.trial,
                            modality=args.modality, out=out, config=params,
-                           cache_dir=args.cache_dir, world=world, device=device)
+                           cache_dir=args.cache_dir, world=world, device=device,
+                           prepare=prepare)
         if world.is_main:
             print(json.dumps(metrics, sort_keys=True))
         distributed.shutdown(world)

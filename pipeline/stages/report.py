@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.report import collect, plot, to_json, to_markdown, write_text
-from pipeline.stages import load, run_stage, stage_parser
+from pipeline.atomic import write_text
+from pipeline.report import collect, plot, to_json, to_markdown
+from pipeline.stages import load, out_folder, run_stage, stage_parser
 
 
 def main(argv: list[str]) -> int:
@@ -27,6 +28,7 @@ def main(argv: list[str]) -> int:
     def body() -> None:
         from pipeline.vae import MODELS  # imported late: it pulls in torch
 
+        out_folder(args.out)
         config = load(args)
         trials = config.split.trials
         rows = collect(vae=args.vae, vgg16=args.vgg16, models=config.train.models,

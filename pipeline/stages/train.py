@@ -12,7 +12,7 @@ from pathlib import Path
 from pipeline import distributed
 from pipeline.devices import resolve_device
 from pipeline.errors import UserError
-from pipeline.stages import code_stamp, load, run_stage, stage_parser
+from pipeline.stages import code_stamp, load, out_folder, run_stage, stage_parser
 from pipeline.vae import MODELS
 from pipeline.vae.experiment import train_and_evaluate, train_and_evaluate_stacked
 
@@ -32,6 +32,8 @@ def main(argv: list[str]) -> int:
             raise UserError(f"--features and --out: got {len(args.features)} features file(s) "
                             f"and {len(args.out)} output folder(s); give one --out per "
                             "--features")
+        for out in args.out:
+            out_folder(out)
         config = load(args)
         world = distributed.world_from_env()
         if len(args.features) > 1 and (world.distributed or config.launch.processes > 1):
@@ -42,7 +44,7 @@ def main(argv: list[str]) -> int:
             return relaunched
         device = distributed.init(world, resolve_device(config.train.device),
                                   config.launch.backend)
-        stamps = [(out, ["vae", "store.py"], ["checkpoint.pt"]) for out in args.out]
+        stamps = [(out, "train", ["checkpoint.pt"]) for out in args.out]
         if world.is_main:
             for stamp in stamps:
                 code_stamp(*stamp)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.atomic import write_json
 from pipeline.config import TrainConfig
 from pipeline.devices import resolve_device
 from pipeline.distributed import SINGLE, World
@@ -75,7 +76,7 @@ def train_and_evaluate(features: Path, model_name: str, cfg: TrainConfig, out: P
                   progress=progress, world=world)
     metrics = _metrics(model, data, data_file, features, model_name, cfg, evaluations, history)
     if world.is_main:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_json(out / "metrics.json", metrics)
     if logger is not None:
         logger.close()
     return metrics
@@ -125,7 +126,7 @@ def train_and_evaluate_stacked(features: list[Path], model_name: str, cfg: Train
     for i, out in enumerate(outs):
         metrics = _metrics(models[i], datas[i], files[i], features[i], model_name, cfg,
                            evaluations, histories[i]) | {"stacked": len(outs)}
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_json(out / "metrics.json", metrics)
         results.append(metrics)
     for logger in loggers:
         logger.close()
@@ -176,7 +177,7 @@ def _fingerprint(features: Path, model_name: str, cfg: TrainConfig) -> dict[str,
 
 def _start(out: Path, cfg: TrainConfig) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    write_json(out / "config.json", dataclasses.asdict(cfg))
 
 
 def _cheap_accuracy(model: nn.Module, data: TrialData, evaluations: list[Evaluation],

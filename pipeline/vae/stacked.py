@@ -45,13 +45,13 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from tqdm import tqdm
 
+from pipeline.atomic import torch_save
 from pipeline.errors import UserError
 from pipeline.vae.data import TrialData
 from pipeline.vae.objective import Batch, Tensors
 from pipeline.vae.training import (
     FitSettings,
     NonFiniteLossError,
-    _save_atomic,
     autocast_dtype,
     epoch_batches,
 )
@@ -380,10 +380,10 @@ def _save_checkpoints(stack: StackedRuns, optimizer: _StackedAdam,
     for r, (model, path) in enumerate(zip(stack.models, checkpoints, strict=True)):
         adam = torch.optim.Adam(model.parameters(), lr=settings.lr,
                                 fused=stack.device.type == "cuda")
-        _save_atomic({"epoch": settings.epochs, "model": model.state_dict(),
-                      "optimizer": optimizer.state_dict_of(r, model, adam),
-                      "torch_rng": torch.get_rng_state(),
-                      "cuda_rng": (torch.cuda.get_rng_state_all()
-                                   if stack.device.type == "cuda" else []),
-                      "numpy_rng": rngs[r].bit_generator.state, "history": histories[r],
-                      "fingerprint": (fingerprints[r] if fingerprints else {})}, path)
+        torch_save({"epoch": settings.epochs, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict_of(r, model, adam),
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": (torch.cuda.get_rng_state_all()
+                                 if stack.device.type == "cuda" else []),
+                    "numpy_rng": rngs[r].bit_generator.state, "history": histories[r],
+                    "fingerprint": (fingerprints[r] if fingerprints else {})}, path)

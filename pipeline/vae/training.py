@@ -15,7 +15,6 @@ makes the result that of one process on the whole batch.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pipeline import distributed
+from pipeline.atomic import torch_save
 from pipeline.distributed import SINGLE, World
 from pipeline.errors import UserError
 from pipeline.vae.data import TrialData
@@ -73,12 +73,6 @@ def epoch_batches(rng: np.random.Generator, n_unlabelled: int, n_labelled: int,
 def _take(batch: Batch, idx: torch.Tensor) -> Batch:
     x = {m: t.index_select(0, idx) for m, t in batch.x.items()}
     return Batch(x, None if batch.y is None else batch.y.index_select(0, idx))
-
-
-def _save_atomic(state: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 class LossModule(nn.Module):
@@ -216,13 +210,13 @@ def fit(model: nn.Module, data: TrialData, settings: FitSettings, *,
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                     on_epoch(epoch, means)  # evaluation must not move the training's RNG
             if checkpoint is not None and world.is_main:
-                _save_atomic({"epoch": epoch + 1, "model": model.state_dict(),
-                              "optimizer": optimizer.state_dict(),
-                              "torch_rng": torch.get_rng_state(),
-                              "cuda_rng": (torch.cuda.get_rng_state_all()
-                                           if device.type == "cuda" else []),
-                              "numpy_rng": rng.bit_generator.state, "history": history,
-                              "fingerprint": fingerprint or {}}, checkpoint)
+                torch_save({"epoch": epoch + 1, "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "torch_rng": torch.get_rng_state(),
+                            "cuda_rng": (torch.cuda.get_rng_state_all()
+                                         if device.type == "cuda" else []),
+                            "numpy_rng": rng.bit_generator.state, "history": history,
+                            "fingerprint": fingerprint or {}}, checkpoint)
     bar.close()
     return history
 
