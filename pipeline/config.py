@@ -321,6 +321,7 @@ def load_config(
             raise ConfigError(f"{origin}.models: a profile cannot change train.models "
                               "(dvc.yaml's matrix reads train.models itself); edit train.models")
         for key, value in values.items():
+            _refuse_shadowed(raw, section, key, value, profile, where)
             _assign(raw, f"{section}.{key}", value, origin)
     for key, value in sets:
         if key not in ("profile", "trials"):
@@ -359,6 +360,35 @@ def _check_dvc_keys(config: Config, profiles: dict[str, Any], trials: Any, where
                               f"{', '.join(missing)}; list every section, `{{}}` where the "
                               "profile changes nothing (dvc.yaml tracks "
                               "profiles.<profile>.<section>)")
+
+
+def _refuse_shadowed(raw: dict[str, Any], section: str, key: str, value: Any, profile: str,
+                     where: str) -> None:
+    """Fail when the file sets `section.key` away from the paper's value and the profile wins.
+
+    The sections hold the paper's values (the dataclass defaults), so a differing value was
+    set on purpose (`dvc exp run -S train.epochs=5`, an edit) and the profile would discard
+    it silently. The message names the key to set instead.
+    """
+    values = raw.get(section)
+    if not isinstance(values, dict) or key not in values or section not in SECTIONS:
+        return
+    cls = _section_class(section)
+    if key not in {f.name for f in dataclasses.fields(cls)}:
+        return  # an unknown key: _build names it
+    hint = typing.get_type_hints(cls)[key]
+    mine = _coerce(values[key], hint, f"{where}: {section}.{key}")
+    if mine != getattr(cls(), key):
+        raise ConfigError(
+            f"{where}: {section}.{key}: {_yaml(values[key])} has no effect, profile "
+            f"{profile!r} sets profiles.{profile}.{section}.{key}: {_yaml(value)}; set "
+            f"profiles.{profile}.{section}.{key} instead (dvc exp run -S "
+            f"profiles.{profile}.{section}.{key}=...), or leave {section}.{key} at the "
+            f"paper's {_yaml(_plain(getattr(cls(), key)))}")
+
+
+def _yaml(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, str) else value
 
 
 def _section_class(name: str) -> type:
