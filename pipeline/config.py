@@ -7,6 +7,10 @@ configuration is built in three layers, each validated the same way:
 
     paper values (the sections)  <-  profiles[profile]  <-  --set key=value
 
+A section value that differs from the paper's (the dataclass default) where the active
+profile sets the same key is refused, naming the profile's key: the profile would otherwise
+discard it silently (`dvc exp run -S train.epochs=5` on the demo profile).
+
 Library code never reads `params.yaml`; stages call `load_config` and hand the relevant
 section (a frozen dataclass) to the library.
 """
