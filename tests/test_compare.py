@@ -30,6 +30,8 @@ def test_experiments_become_columns_with_changed_params_and_headline_rows(tmp_pa
     assert main(["--json", str(path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["workspace", "main", "lofty-exp"]  # no metrics: left out
+    assert [line.split()[0] for line in lines[1:4]] == ["train.alpha", "train.beta",
+                                                         "profiles.demo.train.epochs"]
     rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
     assert rows["train.alpha"] == ["0.5", "1", "2"] and rows["train.beta"] == ["1", "1", "1"]
     assert rows["profiles.demo.train.epochs"] == ["20", "20", "3"]  # changed: shown

@@ -86,15 +86,15 @@ def experiments(shown: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], 
 
 
 def _number(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else json.dumps(value)
+    return f"{value:g}" if isinstance(value, float) else json.dumps(value, separators=(",", ":"))
 
 
 def table(found: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> str:
     if not found:
         return f"no experiment with {HEADLINE} yet (run `dvc exp run`)\n"
-    keys = sorted({k for _, params, _ in found for k in params})
-    changed = [k for k in keys if k in ALWAYS or len({json.dumps(p.get(k)) for _, p, _ in
-                                                      found}) > 1]
+    keys = sorted({k for _, params, _ in found for k in params} - set(ALWAYS))
+    changed = [*ALWAYS, *(k for k in keys if len({json.dumps(p.get(k)) for _, p, _ in
+                                                   found}) > 1)]
     lines = [["", *(name for name, _, _ in found)]]
     lines += [[k, *(_number(p.get(k, "–")) for _, p, _ in found)] for k in changed]
     means = list(dict.fromkeys(k for _, _, m in found for k in m if not k.endswith("_sd")))
