@@ -5,7 +5,7 @@ over twenty columns, wider than a terminal. This prints one experiment per colum
 first the parameters that differ between the experiments shown (always `train.alpha` and
 `train.beta`), then each headline metric of `reports/metrics.json` as `mean±sd`. It reads
 `dvc exp show --json` (run here, or `--json FILE`, `-` for stdin); experiments without
-metrics (queued, failed) are left out. Each column is about 10 characters wide: 15
+metrics (queued, failed) are left out. Each column is about 12 characters wide: 14
 experiments fit in 200 columns.
 """
 
