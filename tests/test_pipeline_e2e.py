@@ -138,6 +138,9 @@ def test_metrics_hold_real_accuracies(repo):
     assert files == ["reports/metrics.json"]
     headline = json.loads((repo / "reports/metrics.json").read_text())
     assert headline["hmvae_both"] == cell["mean"] and headline["hmvae_both_sd"] == cell["std"]
+    # each cached output is on disk once: the workspace file is a hard link to the cache's
+    for path in ("models/vgg16/trial-1-rgb/model.pt", "data/features/trial-1.h5"):
+        assert (repo / path).stat().st_nlink == 2, path
     # the resume state is neither kept nor cached once a stage completed
     for leftover in ("checkpoint.pt", "state.pt", "code.sha256"):
         assert not [p for p in repo.glob(f"models/**/{leftover}") if "vae" in p.parts or
