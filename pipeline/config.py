@@ -7,6 +7,10 @@ configuration is built in three layers, each validated the same way:
 
     paper values (the sections)  <-  profiles[profile]  <-  --set key=value
 
+A section value that differs from the paper's (the dataclass default) where the active
+profile sets the same key is refused, naming the profile's key: the profile would otherwise
+discard it silently (`dvc exp run -S train.epochs=5` on the demo profile).
+
 Library code never reads `params.yaml`; stages call `load_config` and hand the relevant
 section (a frozen dataclass) to the library.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -340,6 +345,7 @@ def load_config(
             raise ConfigError(f"{origin}.models: a profile cannot change train.models "
                               "(dvc.yaml's matrix reads train.models itself); edit train.models")
         for key, value in values.items():
+            _refuse_shadowed(raw, section, key, value, profile, where)
             _assign(raw, f"{section}.{key}", value, origin)
     origins = {}  # section.key -> where its value came from, when not the file
     for key, value in sets:
@@ -381,6 +387,35 @@ def _check_dvc_keys(config: Config, profiles: dict[str, Any], trials: Any, where
                               f"{', '.join(missing)}; list every section, `{{}}` where the "
                               "profile changes nothing (dvc.yaml tracks "
                               "profiles.<profile>.<section>)")
+
+
+def _refuse_shadowed(raw: dict[str, Any], section: str, key: str, value: Any, profile: str,
+                     where: str) -> None:
+    """Fail when the file sets `section.key` away from the paper's value and the profile wins.
+
+    The sections hold the paper's values (the dataclass defaults), so a differing value was
+    set on purpose (`dvc exp run -S train.epochs=5`, an edit) and the profile would discard
+    it silently. The message names the key to set instead.
+    """
+    values = raw.get(section)
+    if not isinstance(values, dict) or key not in values or section not in SECTIONS:
+        return
+    cls = _section_class(section)
+    if key not in {f.name for f in dataclasses.fields(cls)}:
+        return  # an unknown key: _build names it
+    hint = typing.get_type_hints(cls)[key]
+    mine = _coerce(values[key], hint, f"{where}: {section}.{key}")
+    if mine != getattr(cls(), key):
+        raise ConfigError(
+            f"{where}: {section}.{key}: {_yaml(values[key])} has no effect, profile "
+            f"{profile!r} sets profiles.{profile}.{section}.{key}: {_yaml(value)}; set "
+            f"profiles.{profile}.{section}.{key} instead (dvc exp run -S "
+            f"profiles.{profile}.{section}.{key}=...), or leave {section}.{key} at the "
+            f"paper's {_yaml(_plain(getattr(cls(), key)))}")
+
+
+def _yaml(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, str) else value
 
 
 def _section_class(name: str) -> type:

@@ -103,6 +103,28 @@ def to_json(rows: Sequence[Row], *, profile: str, trials: Sequence[int],
     return {"profile": profile, "trials": list(trials), "unit": "accuracy %", "table1": table}
 
 
+INPUT_NAMES = {"rgb": "rgb", "depth": "depth", "rgb+depth": "both"}
+
+
+def headline(rows: Sequence[Row]) -> dict[str, float]:
+    """Table 1 as flat, short metric names for `dvc exp show` (`reports/metrics.json`).
+
+    `<row>_<input>` is the mean and `<row>_<input>_sd` the std (%), for every row the report
+    has (models of `train.models`, the iterative-sampling row, VGG16); the row's `ss_` prefix
+    is dropped and `_iterative` shortened to `_it`, the input is `rgb`, `depth` or `both`:
+    `hmvae_kl_both`, `hmvae_it_depth_sd`. Every other detail stays in `table1.json`.
+    """
+    flat: dict[str, float] = {}
+    for row in rows:
+        name = row.id.removeprefix("ss_").replace("_iterative", "_it")
+        for key in KEYS:
+            stats = row.stats(key)
+            if stats is not None:
+                flat[f"{name}_{INPUT_NAMES[key]}"] = round(stats[0], 2)
+                flat[f"{name}_{INPUT_NAMES[key]}_sd"] = round(stats[1], 2)
+    return flat
+
+
 def _cell(stats: tuple[float, float, int] | None) -> str:
     return "–" if stats is None else f"{stats[0]:.1f} ± {stats[1]:.1f}"
 

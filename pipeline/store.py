@@ -183,8 +183,13 @@ class FeaturesWriter:
             f.attrs[key] = value
         group = f.create_group("features", track_order=True)
         for name, dim in dims.items():
+            # Lossless gzip (level 1) after byte shuffling: fc1 after ReLU is about half
+            # zeros, and bf16-computed values (extract on CUDA) leave the low 16 bits of each
+            # float32 zero: 0.27 of the raw size for bf16 values, 0.62 for float32 (demo
+            # features); about 136 MB/s to write and 288 MB/s to read per core.
             group.create_dataset(name, shape=(n, dim), dtype=np.float32, track_times=False,
-                                 chunks=(max(1, min(chunk_rows, n)), dim))
+                                 chunks=(max(1, min(chunk_rows, n)), dim),
+                                 compression="gzip", compression_opts=1, shuffle=True)
         f.create_dataset("label", shape=(n,), dtype=np.int64, track_times=False)
         f.create_dataset("is_test", shape=(n,), dtype=bool, track_times=False)
         f.create_dataset("is_labeled", shape=(n,), dtype=bool, track_times=False)

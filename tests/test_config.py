@@ -141,3 +141,36 @@ def test_binary_or_folder_params_file_is_a_clear_error(tmp_path):
         load_config(binary)
     with pytest.raises(ConfigError, match=r": is a folder, not a parameters file"):
         load_config(tmp_path)
+
+
+def test_section_value_a_profile_overrides_fails_naming_both_keys(tmp_path):
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data["train"]["epochs"] = 5  # what `dvc exp run -S train.epochs=5` writes
+    with pytest.raises(ConfigError) as err:
+        load_config(write_params(tmp_path, data))
+    message = str(err.value)
+    assert "\n" not in message
+    assert "train.epochs: 5 has no effect" in message
+    assert "set profiles.demo.train.epochs instead" in message
+    # The same value under the paper profile (which sets nothing) takes effect; so does the
+    # profile's key, and a section key no profile sets.
+    assert load_config(write_params(tmp_path, data), ["profile=paper", "trials=[1, 2, 3, 4, 5, "
+                                                      "6, 7, 8, 9, 10]"]).train.epochs == 5
+    data["train"]["epochs"] = 200
+    data["profiles"]["demo"]["train"]["epochs"] = 5
+    data["train"]["alpha"] = 0.5
+    config = load_config(write_params(tmp_path, data))
+    assert (config.train.epochs, config.train.alpha) == (5, 0.5)
+
+
+def test_project_sections_hold_the_paper_values_profiles_override():
+    # The refusal above compares with the dataclass defaults: they must be the sections'.
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    paper = Config()
+    for name, profile in data["profiles"].items():
+        for section, values in profile.items():
+            for key in values:
+                written = data[section][key]
+                default = getattr(getattr(paper, section), key)
+                assert (list(default) if isinstance(default, tuple) else default) == written, \
+                    f"params.yaml {section}.{key} (set by profile {name}) is not the paper's"

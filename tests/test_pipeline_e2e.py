@@ -4,6 +4,8 @@ The recipe of PRIOR-ART.md: copy the project's files, `git init` with one commit
 demo profile, `dvc repro`, then `dvc status` must be clean; `dvc exp run -S train.alpha=...`
 must re-run only `train` and `report`; a killed training stage resumes from its checkpoint;
 the paper profile validates without network and its download fails with a clear message.
+`dvc exp show` holds the report's headline metrics only; a queued two-point sweep runs; `-S`
+on a key the profile overrides fails naming the profile's key, which works.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ TINY = {  # the demo profile, shrunk so that the whole chain takes about a minut
     "report": {},
     "launch": {},
 }
-MODELS = ["m2", "ss_hmvae", "mlp"]
+MODELS = ["m2", "ss_hmvae", "ss_hmvae_kl"]
 
 pytestmark = pytest.mark.slow
 
@@ -123,24 +125,107 @@ def test_metrics_hold_real_accuracies(repo):
             assert keys <= set(metrics["accuracy"])
             assert all(0.0 <= v <= 1.0 for v in metrics["accuracy"].values())
     table = json.loads((repo / "reports/table1.json").read_text())
-    assert set(table["table1"]) == {"m2", "ss_hmvae", "ss_hmvae_iterative", "mlp", "vgg16"}
+    assert set(table["table1"]) == {"m2", "ss_hmvae", "ss_hmvae_iterative", "ss_hmvae_kl", "vgg16"}
     cell = table["table1"]["ss_hmvae"]["rgb+depth"]
     assert 0.0 <= cell["mean"] <= 100.0 and cell["std"] >= 0.0
     assert "paper_mean" not in cell  # the paper's numbers only beside the paper profile
     markdown = (repo / "reports/table1.md").read_text()
     assert "| SS-HMVAE (iterative sampling) |" in markdown and " ± " in markdown
     assert (repo / "reports/table1.png").read_bytes()[:4] == b"\x89PNG"
+    # The headline metrics are the report's alone: per-run files and DVCLive are not metrics.
     shown = json.loads(dvc(repo, "metrics", "show", "--json").stdout)
-    text = json.dumps(shown)
-    assert "reports/table1.json" in text and "models/vae/ss_hmvae/trial-1/metrics.json" in text
+    files = [name for rev in shown.values() for name in rev.get("data", {})]
+    assert files == ["reports/metrics.json"]
+    headline = json.loads((repo / "reports/metrics.json").read_text())
+    assert headline["hmvae_both"] == cell["mean"] and headline["hmvae_both_sd"] == cell["std"]
+    # each cached output is on disk once: the workspace file is a hard link to the cache's
+    for path in ("models/vgg16/trial-1-rgb/model.pt", "data/features/trial-1.h5"):
+        assert (repo / path).stat().st_nlink == 2, path
+    # the resume state is neither kept nor cached once a stage completed
+    for leftover in ("checkpoint.pt", "state.pt", "code.sha256"):
+        assert not [p for p in repo.glob(f"models/**/{leftover}") if "vae" in p.parts or
+                    leftover != "code.sha256"], leftover
+
+
+def experiments(repo: Path) -> list[dict]:
+    """`dvc exp show --json` flattened: one dict per revision or experiment, with its name,
+    `params` (params.yaml, dotted keys) and `metrics` (every metrics file's keys)."""
+    def flat(tree: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                out |= flat(value, f"{prefix}{key}.")
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    found = []
+    def walk(entry: dict) -> None:
+        data = entry.get("data") or {}
+        metrics = {}
+        for name, body in (data.get("metrics") or {}).items():
+            metrics |= {f"{name}:{k}": v for k, v in flat(body.get("data") or {}).items()}
+        params = flat((data.get("params") or {}).get("params.yaml", {}).get("data") or {})
+        found.append({"name": entry.get("name") or entry.get("rev"), "params": params,
+                      "metrics": metrics})
+        for exp in entry.get("experiments") or []:
+            for rev in exp.get("revs", []):
+                walk(rev)
+
+    for entry in json.loads(dvc(repo, "exp", "show", "--json").stdout):
+        walk(entry)
+    return found
 
 
 def test_exp_run_alpha_reruns_only_train_and_report(repo):
     proc = dvc(repo, "exp", "run", "-S", "train.alpha=0.5")
     expected = {f"train@{m}-{t}" for m in MODELS for t in (1, 2)} | {"report"}
     assert ran_stages(proc.stdout) == expected
-    shown = dvc(repo, "exp", "show", "--no-pager", "--csv").stdout
-    assert "train.alpha" in shown and "0.5" in shown
+    shown = experiments(repo)
+    columns = {key for exp in shown for key in exp["metrics"]}
+    assert len(columns) <= 60, sorted(columns)
+    alpha = [exp for exp in shown if exp["params"].get("train.alpha") == 0.5]
+    assert alpha and all(f"reports/metrics.json:hmvae_kl_{key}" in alpha[0]["metrics"]
+                         for key in ("rgb", "depth", "both"))
+
+
+def test_set_on_a_key_the_profile_overrides_is_refused(repo):
+    run(repo, "git", "checkout", "--", ".")  # the committed params and results
+    proc = dvc(repo, "exp", "run", "-S", "train.epochs=5", check=False)
+    assert proc.returncode != 0
+    assert ("train.epochs: 5 has no effect, profile 'demo' sets profiles.demo.train.epochs: 2; "
+            "set profiles.demo.train.epochs instead") in proc.stdout + proc.stderr
+    run(repo, "git", "checkout", "--", ".")
+
+
+def test_queued_sweep_runs_and_sets_the_profiles_key(repo):
+    """A two-point α sweep (one model, to keep it short) through `dvc exp run --queue` and
+    `dvc queue start`, in DVC's temporary copies; it sets the epochs through the profile's key
+    (the route the refusal above names), which must act."""
+    run(repo, "git", "checkout", "--", ".")
+    dvc(repo, "exp", "run", "--queue", "-S", "train.alpha=0.25,2",
+        "-S", "train.models=[ss_hmvae_kl]", "-S", "profiles.demo.train.epochs=3")
+    dvc(repo, "queue", "start", "-j", "1")
+    deadline = time.monotonic() + 400
+    while re.search(r"\b(Queued|Running)\b", status := dvc(repo, "queue", "status").stdout):
+        assert time.monotonic() < deadline, status
+        time.sleep(5)
+    assert "Failed" not in status, status
+    swept = {exp["params"].get("train.alpha"): exp for exp in experiments(repo)
+             if exp["params"].get("profiles.demo.train.epochs") == 3}
+    assert set(swept) == {0.25, 2}
+    for exp in swept.values():
+        assert "reports/metrics.json:hmvae_kl_both" in exp["metrics"]
+    # The README's comparison: one column per experiment, well within 200 characters.
+    table = run(repo, sys.executable, "-m", "pipeline", "compare").stdout.splitlines()
+    assert {swept[0.25]["name"], swept[2]["name"]} <= set(table[0].split())
+    assert table[1].split()[0] == "train.alpha" and max(map(len, table)) <= 200
+    assert any(line.split()[0] == "hmvae_kl_both" for line in table)
+    dvc(repo, "exp", "apply", swept[2]["name"])
+    metrics = json.loads((repo / "models/vae/ss_hmvae_kl/trial-1/metrics.json").read_text())
+    assert metrics["epochs"] == 3
+    run(repo, "git", "checkout", "--", ".")
+    dvc(repo, "checkout", "--force")
 
 
 def test_killed_training_resumes_from_its_checkpoint(repo):

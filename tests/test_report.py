@@ -99,3 +99,22 @@ def test_stage_reports_missing_file_without_traceback(tmp_path, capsys):
     assert main(["--params", str(params), "--vae", str(tmp_path), "--vgg16", str(tmp_path),
                  "--out", str(tmp_path / "r")]) == 2
     assert "metrics file not found" in capsys.readouterr().err
+
+
+def test_stage_writes_headline_metrics_with_short_flat_names(tmp_path):
+    vae, vgg = write_tree(tmp_path)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"profile": "paper", "split": {"trials": [1, 2]},
+                                      "train": {"models": ["m2", "ss_hmvae"]}}))
+    out = tmp_path / "reports"
+    assert main(["--params", str(params), "--vae", str(vae), "--vgg16", str(vgg),
+                 "--out", str(out)]) == 0
+    flat = json.loads((out / "metrics.json").read_text())
+    # every row of the table, each input it has, mean and std; nothing nested, no strings
+    assert set(flat) == {f"{row}_{key}{sd}" for row, keys in [
+        ("m2", ["rgb", "depth"]), ("hmvae", ["rgb", "depth", "both"]),
+        ("hmvae_it", ["rgb", "depth", "both"]), ("vgg16", ["rgb", "depth"])]
+        for key in keys for sd in ("", "_sd")}
+    assert flat["m2_rgb"] == pytest.approx(85.0) and flat["hmvae_it_depth"] == pytest.approx(35.0)
+    assert flat["m2_rgb_sd"] == pytest.approx(round(math.sqrt(50.0), 2))
+    assert flat["hmvae_both"] == pytest.approx(80.0)

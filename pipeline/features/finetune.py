@@ -336,7 +336,10 @@ def _finish(model: nn.Module, out: Path, settings: dict[str, Any], config: Finet
             split: TrialSplit, history: dict[str, float], accuracy: float,
             device: torch.device) -> dict[str, Any]:
     meta = {**settings, **_extra_meta(config.epochs)}
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    # Stored in bfloat16, the precision extract's GPU path (bf16 autocast) computes in: half
+    # the disk (268 MB, not 537, per network); `vgg.load_vgg16` widens it to float32 again.
+    weights = {k: (v.detach().cpu().to(torch.bfloat16) if v.is_floating_point()
+                   else v.detach().cpu()).contiguous() for k, v in model.state_dict().items()}
     torch_save({"meta": meta, "state_dict": weights}, out / "model.pt")
     (out / "state.pt").unlink(missing_ok=True)  # the final weights make it redundant
     metrics = {"trial": settings["trial"], "modality": settings["modality"],

@@ -146,6 +146,8 @@ def load_vgg16(num_classes: int, weights: dict[str, torch.Tensor]) -> nn.Module:
     (seconds for 138M parameters) that `load_state_dict` would overwrite anyway."""
     with torch.device("meta"):
         model = vgg16(weights=None, num_classes=num_classes)
+    # model.pt holds bfloat16 (finetune's `_finish`): computed in float32 unless autocast
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
     model.load_state_dict(weights, assign=True)
     return model
 

@@ -2,7 +2,8 @@
 
 Reads every `train` stage's `metrics.json` (models in `train.models`, trials in
 `split.trials`) and the fine-tuned VGG16 networks' own test accuracies, and writes
-`table1.md`, `table1.json` (what `dvc metrics show` reads) and `table1.png` into `--out`.
+`table1.md`, `table1.json`, `table1.png` and `metrics.json` (Table 1's means and stds under
+short flat names, what `dvc exp show` and `dvc metrics show` read) into `--out`.
 The paper's numbers go beside ours when the paper profile ran (`report.paper_reference`).
 """
 
@@ -12,7 +13,7 @@ import json
 from pathlib import Path
 
 from pipeline.atomic import write_text
-from pipeline.report import collect, plot, to_json, to_markdown
+from pipeline.report import collect, headline, plot, to_json, to_markdown
 from pipeline.stages import load, out_folder, run_stage, stage_parser
 
 
@@ -37,6 +38,7 @@ def main(argv: list[str]) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         table = to_json(rows, profile=config.profile, trials=trials, paper=paper)
         write_text(args.out / "table1.json", json.dumps(table, indent=2) + "\n")
+        write_text(args.out / "metrics.json", json.dumps(headline(rows), indent=1) + "\n")
         markdown = to_markdown(rows, profile=config.profile, trials=trials, paper=paper)
         write_text(args.out / "table1.md", markdown)
         plot(rows, args.out / "table1.png",

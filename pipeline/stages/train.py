@@ -46,8 +46,11 @@ def main(argv: list[str]) -> int:
                                   config.launch.backend)
         stamps = [(out, "train", ["checkpoint.pt"]) for out in args.out]
         if world.is_main:
-            for stamp in stamps:
-                code_stamp(*stamp)
+            for out, *rest in stamps:
+                if (out / "checkpoint.pt").is_file():  # stacked runs keep theirs
+                    code_stamp(out, *rest)
+                else:  # nothing left to resume: its stamp goes too
+                    (out / "code.sha256").unlink(missing_ok=True)
         distributed.barrier(world)  # no process reads a checkpoint the stamp deletes
         if len(args.features) == 1:
             runs = [train_and_evaluate(args.features[0], args.model, config.train, args.out[0],
@@ -57,8 +60,11 @@ def main(argv: list[str]) -> int:
             runs = train_and_evaluate_stacked(args.features, args.model, config.train,
                                               args.out, progress=not args.no_progress)
         if world.is_main:
-            for stamp in stamps:
-                code_stamp(*stamp)
+            for out, *rest in stamps:
+                if (out / "checkpoint.pt").is_file():  # stacked runs keep theirs
+                    code_stamp(out, *rest)
+                else:  # nothing left to resume: its stamp goes too
+                    (out / "code.sha256").unlink(missing_ok=True)
             for out, metrics in zip(args.out, runs, strict=True):
                 accuracy = ", ".join(f"{k} {v:.3f}" for k, v in metrics["accuracy"].items())
                 print(f"{args.model}: accuracy {accuracy} -> {out / 'metrics.json'}")

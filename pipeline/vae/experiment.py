@@ -4,8 +4,9 @@
     {"model": "ss_hmvae", "accuracy": {"rgb": .., "depth": .., "rgb+depth": ..},
      "accuracy_iterative": {...}, "accuracy_by_method": {method: {key: acc}}, ...}
 `accuracy` holds, for each input, the number Table 1 reports for the model.
-Also in DIR: `checkpoint.pt` (resumable, per epoch), `config.json` (the effective
-parameters) and `dvclive/` (per-epoch loss terms and test accuracy).
+Also in DIR: `checkpoint.pt` (resumable, per epoch; a single run deletes it once metrics.json
+is written), `config.json` (the effective parameters) and `dvclive/` (per-epoch loss terms
+and test accuracy).
 `train_and_evaluate_stacked` does the same for several features files at once (one model
 trained per file, all in one vmapped loop: `stacked.py`), writing the same files per DIR.
 """
@@ -77,6 +78,8 @@ def train_and_evaluate(features: Path, model_name: str, cfg: TrainConfig, out: P
     metrics = _metrics(model, data, data_file, features, model_name, cfg, evaluations, history)
     if world.is_main:
         write_json(out / "metrics.json", metrics)
+        # The run is complete: its resume state (weights + Adam) is not kept (nor cached).
+        (out / "checkpoint.pt").unlink(missing_ok=True)
     if logger is not None:
         logger.close()
     return metrics
