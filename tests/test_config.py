@@ -53,7 +53,7 @@ def test_int_is_accepted_for_float():
     ("train.alpha=abc", "train.alpha: expected a number, got 'abc'"),
     ("train.epochs=2.5", "train.epochs: expected an integer, got 2.5"),
     ("train.models=[m2, m3]", "train.models"),
-    ("train.likelihood=poisson", "train.likelihood: expected one of 'gaussian', 'bernoulli'"),
+    ("train.likelihood=poisson", "train.likelihood: expected one of 'gaussian', 'gaussian_fixed', 'bernoulli'"),
     ("train.alhpa=1", "unknown key train.alhpa"),
     ("trian.alpha=1", "unknown section 'trian'"),
     ("alpha=1", "expected section.key"),
