@@ -12,6 +12,7 @@ from pathlib import Path
 from pipeline import distributed
 from pipeline.devices import resolve_device
 from pipeline.errors import UserError
+from pipeline.classical import CLASSICAL
 from pipeline.stages import code_stamp, load, run_stage, stage_parser
 from pipeline.vae import MODELS
 from pipeline.vae.experiment import train_and_evaluate, train_and_evaluate_stacked
@@ -21,7 +22,7 @@ def main(argv: list[str]) -> int:
     parser = stage_parser("train", __doc__)
     parser.add_argument("--features", required=True, type=Path, nargs="+",
                         help="ssmvae-features/1 file(s); several train stacked runs")
-    parser.add_argument("--model", required=True, help=f"one of {', '.join(MODELS)}")
+    parser.add_argument("--model", required=True, help=f"one of {', '.join([*MODELS, *CLASSICAL])}")
     parser.add_argument("--out", required=True, type=Path, nargs="+",
                         help="output folder(s), one per features file")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -33,6 +34,8 @@ def main(argv: list[str]) -> int:
                             f"and {len(args.out)} output folder(s); give one --out per "
                             "--features")
         config = load(args)
+        if args.model in CLASSICAL:
+            return _classical(args, config)
         world = distributed.world_from_env()
         if len(args.features) > 1 and (world.distributed or config.launch.processes > 1):
             raise UserError("stacked runs (several --features) train in one process; "
@@ -64,3 +67,18 @@ def main(argv: list[str]) -> int:
         return None
 
     return run_stage(body)
+
+
+def _classical(args, config) -> None:
+    """The classical models (pipeline/classical): one process, one file after another."""
+    from pipeline.classical.experiment import train_and_evaluate_classical
+
+    if distributed.world_from_env().distributed:
+        raise UserError(f"--model {args.model}: the classical models run in one process; "
+                        "start the stage without torchrun")
+    for features, out in zip(args.features, args.out, strict=True):
+        metrics = train_and_evaluate_classical(features, args.model, config.train, out,
+                                               progress=not args.no_progress)
+        code_stamp(out, ["classical", "store.py"], [])
+        accuracy = ", ".join(f"{k} {v:.3f}" for k, v in metrics["accuracy"].items())
+        print(f"{args.model}: accuracy {accuracy} -> {out / 'metrics.json'}")
