@@ -40,8 +40,10 @@ def random_features(n_train: int, dims: int, classes: int, seed: int = 0) -> Fea
     features = {}
     for modality, signal in (("rgb", 1.0), ("depth", 0.7)):
         means = rng.normal(0, signal, (classes, dims)).astype(np.float32)
-        x = rng.normal(0, 4.0, (n, dims)).astype(np.float32)
-        features[modality] = np.maximum(x + means[label], 0)  # fc1 features are ReLU outputs
+        x = rng.standard_normal((n, dims), dtype=np.float32)
+        x *= 4.0
+        x += means[label]
+        features[modality] = np.maximum(x, 0, out=x)  # fc1 features are ReLU outputs
     is_test = np.zeros(n, bool)
     is_test[n_train:] = True
     is_labeled = np.zeros(n, bool)

@@ -26,8 +26,8 @@ Y = np.array([0, 0, 1, 1])
 # Six unlabelled examples (rows 0..5). View a: row 0 is the most negative (surest 0), row 5
 # the most positive (surest 1). View b: row 1 surest 0, row 3 surest 1, although row 3 is
 # truly a 0: b hands it to a as a 1.
-UNLABELLED = {"a": np.array([[-3.0], [-2.0], [-0.5], [0.4], [2.0], [5.0]]),
-              "b": np.array([[0.3], [-4.0], [-0.2], [3.0], [1.5], [0.1]])}
+UNLABELLED = {"a": np.array([[-3.0], [-2.0], [-1.2], [0.4], [2.0], [5.0]]),
+              "b": np.array([[-0.3], [-4.0], [-0.6], [3.0], [1.5], [0.8]])}
 TRUTH = np.array([0, 0, 0, 0, 1, 1])
 
 
@@ -50,8 +50,9 @@ def test_round_one_hands_each_views_surest_per_category_to_the_other():
 
 def test_round_two_draws_only_from_what_is_left():
     result = cotrain(LABELLED, Y, UNLABELLED, 2, CoTrainSettings(rule="top", quota=1, rounds=5))
-    # round 1 as above; left: rows 2 (a -0.5, b -0.2) and 4 (a 2.0, b 1.5), which both
-    # views pick, each handing its own labels to the other
+    # round 1 as above; left: rows 2 (a -1.2, b -0.6) and 4 (a 2.0, b 1.5), which both
+    # views pick (each the surest, being the only, of its category), each handing its own
+    # labels to the other
     assert handed(result, 2, "a") == ([2, 4], [0, 1], "b")
     assert handed(result, 2, "b") == ([2, 4], [0, 1], "a")
     assert result.rounds == 2  # the pool is empty after round 2: the loop stops
@@ -105,7 +106,7 @@ def test_test_rows_never_reach_the_training(tmp_path):
     states = []
     for name, fs in (("a", data), ("b", other)):
         write_features(tmp_path / f"{name}.h5", fs)
-        metrics = train_and_evaluate_classical(tmp_path / f"{name}.h5", "cotraining",
+        metrics = train_and_evaluate_classical(tmp_path / f"{name}.h5", "ct_svm",
                                                TrainConfig(), tmp_path / name, progress=False,
                                                live=False)
         states.append(torch.load(tmp_path / name / "checkpoint.pt", weights_only=True))

@@ -1,5 +1,9 @@
 """Co-training (Blum & Mitchell, 1998) with one linear SVM per view: the loop and its two rules.
 
+The SVMs are scikit-learn's `SGDClassifier(loss="hinge")` (a linear SVM, one-vs-rest, L2
+penalty) run for a fixed number of epochs: liblinear's `LinearSVC` took 10 to 20 times as
+long on 51 categories and did not always converge (bench/bench_cotrain.py, docs/models.md).
+
 Each round, each view's SVM is refitted on its own training set (the labelled examples plus
 what the other view handed it), scores the unlabelled pool, and hands the examples it is
 most confident about, *with its predicted labels*, to the other view; they leave the pool.
@@ -27,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.svm import LinearSVC
+from sklearn.linear_model import SGDClassifier
 from tqdm.auto import tqdm
 
 RULES = ("top", "diverse")
@@ -39,7 +43,9 @@ class CoTrainSettings:
     rounds: int = 10  # at most; fewer when the pool empties or nothing is selected
     quota: int = 0  # per category, view and round; 0 = spread the pool over `rounds`
     candidates: int = 5  # diverse: cluster the candidates * quota most confident
-    c: float = 1.0  # the SVMs' C (features are standardised)
+    # the SVMs' L2 penalty (1 / (C n)); 1e-2 of {1e-4, 1e-3, 1e-2} on the two-view digits
+    alpha: float = 1e-2
+    epochs: int = 20  # passes of SGD over each round's training set
     seed: int = 0
 
     def quota_for(self, n_unlabelled: int, n_classes: int) -> int:
@@ -62,7 +68,7 @@ class Handover:
 
 @dataclass
 class CoTrainResult:
-    classifiers: dict[str, LinearSVC]  # fitted on each view's final training set
+    classifiers: dict[str, SGDClassifier]  # fitted on each view's final training set
     handovers: list[Handover] = field(default_factory=list)
     rounds: int = 0  # rounds that handed something over
 
@@ -75,7 +81,7 @@ class CoTrainResult:
                 np.concatenate([h.labels for h in mine]))
 
 
-def scores(clf: LinearSVC, x: np.ndarray, n_classes: int) -> np.ndarray:
+def scores(clf: SGDClassifier, x: np.ndarray, n_classes: int) -> np.ndarray:
     """[n, n_classes] one-vs-rest margins; -inf for a category the SVM never saw."""
     raw = clf.decision_function(x)
     out = np.full((len(x), n_classes), -np.inf)
@@ -125,13 +131,15 @@ def cotrain(labelled: Mapping[str, np.ndarray], y: np.ndarray,
 
 
 def _fit(x_l: np.ndarray, y: np.ndarray, x_u: np.ndarray,
-         added: tuple[np.ndarray, np.ndarray], settings: CoTrainSettings) -> LinearSVC:
+         added: tuple[np.ndarray, np.ndarray], settings: CoTrainSettings) -> SGDClassifier:
     rows, labels = added
-    clf = LinearSVC(C=settings.c, dual="auto", max_iter=5000, random_state=settings.seed)
+    # tol=None: exactly `epochs` passes, the same work whatever the data (no early stop)
+    clf = SGDClassifier(loss="hinge", alpha=settings.alpha, max_iter=settings.epochs, tol=None,
+                        random_state=settings.seed)
     return clf.fit(np.concatenate([x_l, x_u[rows]]), np.concatenate([y, labels]))
 
 
-def _select(clf: LinearSVC, x: np.ndarray, n_classes: int, quota: int,
+def _select(clf: SGDClassifier, x: np.ndarray, n_classes: int, quota: int,
             settings: CoTrainSettings, round_: int) -> tuple[np.ndarray, np.ndarray]:
     """(positions in `x`, predicted labels): at most `quota` per predicted category."""
     s = scores(clf, x, n_classes)
@@ -158,7 +166,7 @@ def _diverse(x: np.ndarray, ranked: np.ndarray, margin: np.ndarray, quota: int,
         # identical candidates leave fewer distinct clusters than asked: fewer are taken,
         # which is the point of the rule, not a failure
         warnings.simplefilter("ignore", ConvergenceWarning)
-        cluster = KMeans(n_clusters=quota, n_init=3, random_state=seed).fit_predict(x[ranked])
+        cluster = KMeans(n_clusters=quota, n_init=1, random_state=seed).fit_predict(x[ranked])
     # `ranked` is in decreasing confidence, so each cluster's first member is its best
     _, first = np.unique(cluster, return_index=True)
     return ranked[first]
