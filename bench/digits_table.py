@@ -4,6 +4,7 @@ Real data with a known answer, small enough for a CPU: prints a Markdown table o
 accuracy (mean ± std over seeds) per model and input, beside the labelled-only baseline.
 
     python bench/digits_table.py --seeds 0 1 2 [--set train.alpha=50 ...]
+    python bench/digits_table.py --seeds 0 1 2 3 4 --models ct_svm cotraining label_spreading
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.classical import CLASSICAL
+from pipeline.classical.experiment import train_and_evaluate_classical
 from pipeline.config import load_config
 from pipeline.vae import MODELS
 from pipeline.vae.experiment import train_and_evaluate
@@ -31,7 +34,8 @@ DIGITS = ["train.epochs=100", "train.lr=1e-3", "train.hidden=128", "train.a_dim=
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS),
+                        choices=[*MODELS, *CLASSICAL])
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--json", type=Path, help="also write all runs here")
     args = parser.parse_args()
@@ -42,8 +46,10 @@ def main() -> None:
         for seed in args.seeds:
             features = write_digits(Path(tmp) / f"digits-{seed}.h5", seed=seed)
             for model in args.models:
-                metrics = train_and_evaluate(features, model, cfg, Path(tmp) / f"{model}-{seed}",
-                                             progress=False, live=False)
+                run = (train_and_evaluate_classical if model in CLASSICAL
+                       else train_and_evaluate)
+                metrics = run(features, model, cfg, Path(tmp) / f"{model}-{seed}",
+                              progress=False, live=False)
                 runs[model].append(metrics)
                 print(f"seed {seed} {model}: {json.dumps(metrics['accuracy'])}", flush=True)
     if args.json:
@@ -56,7 +62,7 @@ def table(runs: dict[str, list[dict]]) -> str:
     lines = ["| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     rows = []
     for model, results in runs.items():
-        rows.append((MODELS[model].title, [r["accuracy"] for r in results]))
+        rows.append(((MODELS | CLASSICAL)[model].title, [r["accuracy"] for r in results]))
         if model == "ss_hmvae":
             rows.append(("SS-HMVAE (iterative sampling)",
                          [r["accuracy_iterative"] for r in results]))
