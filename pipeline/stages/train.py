@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline import distributed
+from pipeline.classical import CLASSICAL
 from pipeline.devices import resolve_device
 from pipeline.errors import UserError
-from pipeline.classical import CLASSICAL
 from pipeline.stages import code_stamp, load, run_stage, stage_parser
 from pipeline.vae import MODELS
 from pipeline.vae.experiment import train_and_evaluate, train_and_evaluate_stacked
