@@ -38,7 +38,8 @@ PCA_DIMS = 256  # per view
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    """A features file's rows as the models see them: standardised, in three sets."""
+    """A features file's rows as the models see them: standardised and projected on their
+    principal components (per view, fitted on the training rows), in three sets."""
 
     labelled: dict[str, np.ndarray]
     y: np.ndarray  # the labelled rows' labels
@@ -69,12 +70,13 @@ def train_and_evaluate_classical(features: Path, model_name: str, cfg: TrainConf
         history = _history(result, split)
     else:
         by_method, transduced = _label_spreading(split)
-        extra = {"n_neighbors": SPREAD_NEIGHBOURS, "alpha": SPREAD_ALPHA, "pca_dims": PCA_DIMS}
+        extra = {"n_neighbors": SPREAD_NEIGHBOURS, "alpha": SPREAD_ALPHA}
         state = {k: (np.arange(v.size), v) for k, v in transduced.items()}
         history = []
     accuracy = {k: v for method in by_method.values() for k, v in method.items()}
     metrics = {"model": model_name, "accuracy": accuracy, "accuracy_by_method": by_method,
-               **extra, "n_labelled": int(split.y.size),
+               **extra, "pca_dims": {m: int(x.shape[1]) for m, x in split.test.items()},
+               "n_labelled": int(split.y.size),
                "n_unlabelled": int(split.y_unlabelled.size), "n_test": int(split.y_test.size),
                "features": str(features), "trial": _plain(data.attrs.get("trial"))}
     _save_state(out / "checkpoint.pt", model_name, state)
@@ -85,6 +87,7 @@ def train_and_evaluate_classical(features: Path, model_name: str, cfg: TrainConf
 
 
 def _split(path: Path, model_name: str, data: FeatureSet, seed: int) -> Split:
+    """Check the file for `model_name` (UserError naming it), then scale and project it."""
     if CLASSICAL[model_name].multimodal and len(data.modalities) != 2:
         raise UserError(f"{path}: model {model_name!r} co-trains one classifier per view and "
                         f"needs exactly two modalities; the file has {data.modalities}")
