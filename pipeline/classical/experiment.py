@@ -69,8 +69,9 @@ def train_and_evaluate_classical(features: Path, model_name: str, cfg: TrainConf
         state = {v: result.training_set(v) for v in split.labelled}
         history = _history(result, split)
     else:
-        by_method, transduced = _label_spreading(split)
-        extra = {"n_neighbors": SPREAD_NEIGHBOURS, "alpha": SPREAD_ALPHA}
+        by_method, transduced, unreached = _label_spreading(split)
+        extra = {"n_neighbors": SPREAD_NEIGHBOURS, "alpha": SPREAD_ALPHA,
+                 "test_unreached": unreached}
         state = {k: (np.arange(v.size), v) for k, v in transduced.items()}
         history = []
     accuracy = {k: v for method in by_method.values() for k, v in method.items()}
@@ -126,15 +127,20 @@ def _evaluate_cotrained(result: CoTrainResult, split: Split) -> dict[str, dict[s
     return {"unimodal": unimodal, "joint": joint}
 
 
-def _label_spreading(split: Split) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
-    """LabelSpreading per modality and on their concatenation (key 'rgb+depth')."""
+def _label_spreading(split: Split) -> tuple[dict[str, dict[str, float]],
+                                            dict[str, np.ndarray], dict[str, int]]:
+    """LabelSpreading per modality and on their concatenation (key 'rgb+depth').
+
+    Returns the accuracies, the labels spread to the training rows, and per input the test
+    examples no label reached.
+    """
     from sklearn.semi_supervised import LabelSpreading
 
     inputs = {m: (m,) for m in split.labelled}
     if len(inputs) > 1:
         inputs["+".join(split.labelled)] = tuple(split.labelled)
     y = np.concatenate([split.y, np.full(split.y_unlabelled.size, -1)])
-    accuracy, transduced = {}, {}
+    accuracy, transduced, unreached = {}, {}, {}
     for key, modalities in inputs.items():
         train = np.concatenate([np.concatenate([split.labelled[m], split.unlabelled[m]])
                                 for m in modalities], axis=1)
@@ -142,9 +148,16 @@ def _label_spreading(split: Split) -> tuple[dict[str, dict[str, float]], dict[st
         model = LabelSpreading(kernel="knn", n_neighbors=min(SPREAD_NEIGHBOURS, len(train) - 1),
                                alpha=SPREAD_ALPHA, max_iter=1000)
         model.fit(train, y)
-        accuracy[key] = float((model.predict(test) == split.y_test).mean())
+        with np.errstate(invalid="ignore", divide="ignore"):
+            proba = model.predict_proba(test)
+        # A test example whose neighbours no label reached has no distribution (0 / 0):
+        # it is counted as wrong and reported, not given the first category silently.
+        reached = np.isfinite(proba).all(1) & (proba.sum(1) > 0)
+        pred = np.where(reached, model.classes_[np.nan_to_num(proba).argmax(1)], -1)
+        accuracy[key] = float((pred == split.y_test).mean())
+        unreached[key] = int((~reached).sum())
         transduced[key] = model.transduction_.astype(np.int64)
-    return {"joint": accuracy}, transduced
+    return {"joint": accuracy}, transduced, unreached
 
 
 def _acc(margins: np.ndarray, y: np.ndarray) -> float:
