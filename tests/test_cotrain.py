@@ -179,3 +179,24 @@ def test_params_yaml_trains_them():
 
     models = yaml.safe_load(Path("params.yaml").read_text())["train"]["models"]
     assert set(CLASSICAL) <= set(models)
+
+
+def test_label_spreading_counts_unreached_test_examples_as_wrong(tmp_path):
+    """Two far-apart groups; only group A has labels, so no label reaches group B's rows."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 1, (30, 3))
+    b = rng.normal(100, 1, (30, 3))
+    x = np.concatenate([a, b]).astype(np.float32)
+    label = np.array([0, 1] * 15 + [0] * 30)
+    is_test = np.zeros(60, bool)
+    is_test[[0, 1, 2, 3, 40, 41, 42]] = True  # 4 in A, 3 in B
+    is_labeled = np.zeros(60, bool)
+    is_labeled[10:20] = True  # labels in A only
+    write_features(tmp_path / "f.h5", FeatureSet(
+        features={"rgb": x}, label=label, is_test=is_test, is_labeled=is_labeled,
+        categories=["c0", "c1"]))
+    metrics = train_and_evaluate_classical(tmp_path / "f.h5", "label_spreading", TrainConfig(),
+                                           tmp_path / "out", progress=False, live=False)
+    assert metrics["test_unreached"] == {"rgb": 3}
+    # B's three test rows are all category 0; predicting 0 for them would score them right
+    assert metrics["accuracy"]["rgb"] <= 4 / 7
