@@ -3,6 +3,8 @@
 Several files and as many folders (`--features F1 F2 ... --out D1 D2 ...`) train one run per
 file at once, with stacked parameters (`pipeline/vae/stacked.py`): the same model and
 parameters on each file, each folder written as a single run would write it.
+The classical models (`ct_svm`, `cotraining`, `label_spreading`: `pipeline/classical`) take
+the same arguments and write the same files, in one process, one file after another.
 """
 
 from __future__ import annotations
