@@ -2,9 +2,10 @@
 
 Real data with a known answer, small enough for a CPU. For each likelihood it prints a
 Markdown table of test accuracy (mean ± sample std over seeds) per model and input, with
-the configured prediction options, beside the labelled-only MLP and scikit-learn's
-LabelSpreading; then every prediction option (posterior mean or Monte-Carlo q(y|x); mean or
-sampled fill for iterative sampling) from the same runs; with --alphas, an α sweep.
+the configured prediction options, beside the labelled-only MLP and label spreading (the
+`label_spreading` model); then every prediction option (posterior mean or Monte-Carlo
+q(y|x); mean or sampled fill for iterative sampling) from the same runs; with --alphas, an
+α sweep. The co-training models run with --models ct_svm cotraining label_spreading.
 
     python bench/digits_table.py --dataset digits --seeds 0 1 2 3 4 \
         --likelihoods gaussian gaussian_fixed bernoulli --json runs.json
@@ -25,6 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.two_views import DATASETS, write_dataset
+from pipeline.classical import CLASSICAL
+from pipeline.classical.experiment import train_and_evaluate_classical
 from pipeline.config import load_config
 from pipeline.store import read_features
 from pipeline.vae import MODELS
@@ -44,7 +47,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="digits", choices=list(DATASETS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS),
+                        choices=[*MODELS, *CLASSICAL])
     parser.add_argument("--likelihoods", nargs="+", default=["gaussian"])
     parser.add_argument("--alphas", nargs="+", help="α values (0.1N/Nl: Kingma's scaling)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
@@ -63,7 +67,8 @@ def main() -> None:
         else:
             runs = {lik: run(files, args.models, [*settings, f"train.likelihood={lik}"],
                              Path(tmp)) for lik in args.likelihoods}
-            spreading = [label_spreading(files[seed]) for seed in args.seeds]
+            spreading = [r["accuracy"] for r in run(files, ["label_spreading"], settings,
+                                                    Path(tmp))["label_spreading"]]
             result = {"likelihood": runs, "label_spreading": spreading}
             for lik, by_model in runs.items():
                 print(f"\nlikelihood: {lik}\n")
@@ -92,31 +97,13 @@ def run(files: dict[int, Path], models: list[str], settings: list[str], tmp: Pat
             extra.append(f"train.alpha={alpha}")
         cfg = load_config(None, [*settings, *extra]).train
         for model in models:
-            metrics = train_and_evaluate(features, model, cfg, tmp / f"{model}-{seed}",
-                                         progress=False, live=False)
+            train = train_and_evaluate_classical if model in CLASSICAL else train_and_evaluate
+            metrics = train(features, model, cfg, tmp / f"{model}-{seed}", progress=False,
+                            live=False)
             runs[model].append(metrics)
             print(f"{' '.join(extra)} {cfg.likelihood} {model}: "
                   f"{json.dumps(metrics['accuracy'])}", flush=True)
     return runs
-
-
-def label_spreading(features: Path) -> dict[str, float]:
-    """scikit-learn's LabelSpreading (kNN kernel, its default 7 neighbours, chosen without
-    looking at any label) on each view and on the concatenation, standardised on the
-    training rows; the test rows are unlabelled inputs, scored at the end."""
-    from sklearn.semi_supervised import LabelSpreading
-
-    data = read_features(features)
-    train = ~data.is_test
-    target = np.where(data.is_labeled, data.label, -1)
-    accuracy = {}
-    for key in views({0: features}):
-        x = np.hstack([data.features[m] for m in key.split("+")])
-        x = (x - x[train].mean(0)) / np.maximum(x[train].std(0), 1e-12)
-        model = LabelSpreading(kernel="knn", n_neighbors=7, max_iter=1000).fit(x, target)
-        pred = model.transduction_[data.is_test]
-        accuracy[key] = float((pred == data.label[data.is_test]).mean())
-    return accuracy
 
 
 def cell(values: list[float]) -> str:
@@ -131,11 +118,11 @@ def table(runs: dict[str, list[dict]], spreading: list[dict], keys: list[str]) -
     lines = ["| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     rows = []
     for model, results in runs.items():
-        rows.append((MODELS[model].title, [r["accuracy"] for r in results]))
+        rows.append(((MODELS | CLASSICAL)[model].title, [r["accuracy"] for r in results]))
         if model == "ss_hmvae":
             rows.append(("SS-HMVAE (iterative sampling)",
                          [r["accuracy_iterative"] for r in results]))
-    rows.append(("LabelSpreading (kNN, scikit-learn)", spreading))
+    rows.append((CLASSICAL["label_spreading"].title, spreading))
     for title, accs in rows:
         cells = [cell([a[key] for a in accs if key in a]) for key in keys]
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
@@ -153,7 +140,7 @@ def options_table(runs: dict[str, list[dict]], keys: list[str]) -> str:
             for option in options:
                 cells = [cell([r["accuracy_by_option"][method][option][k] for r in results
                                if k in r["accuracy_by_option"][method][option]]) for k in keys]
-                lines.append(f"| {MODELS[model].title} | {method} | {option} | "
+                lines.append(f"| {(MODELS | CLASSICAL)[model].title} | {method} | {option} | "
                              + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -164,7 +151,7 @@ def alpha_table(runs: dict[str, dict[str, list[dict]]], keys: list[str]) -> str:
         for model, results in by_model.items():
             cells = [cell([r["accuracy"][k] for r in results if k in r["accuracy"]])
                      for k in keys]
-            lines.append(f"| {alpha.split('= ')[1]} | {MODELS[model].title} | "
+            lines.append(f"| {alpha.split('= ')[1]} | {(MODELS | CLASSICAL)[model].title} | "
                          + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -189,6 +189,7 @@ class ExtractConfig:
 
 MODEL_NAMES = (
     "m2", "sdgm", "ss_mvae", "ss_hmvae", "ss_hmvae_kl", "mlp",
+    "ct_svm", "cotraining", "label_spreading",  # pipeline/classical
 )
 
 

@@ -68,7 +68,41 @@ def test_paper_numbers_only_when_asked(tmp_path):
     assert (cell["paper_mean"], cell["paper_std"]) == PAPER_TABLE1["ss_hmvae_iterative"]["depth"]
     assert cell["mean"] == 35.0 and cell["std"] == pytest.approx(7.07, abs=0.01)
     markdown = to_markdown(rows, profile="paper", trials=[1, 2], paper=True)
-    assert "| M2 | 85.0 ± 7.1 | 65.0 ± 7.1 | – | 85.6 ± 1.6 | 72.0 ± 1.7 | – |" in markdown
+    assert ("| unimodal | M2 | 85.0 ± 7.1 | 65.0 ± 7.1 | – | 85.6 ± 1.6 | 72.0 ± 1.7 | – |"
+            in markdown)
+
+
+def test_rows_grouped_as_the_paper_with_its_cotraining_numbers(tmp_path):
+    """train.models order is not the table's: groups first, then that order within each."""
+    vae, vgg = write_tree(tmp_path)
+    extra = {"ct_svm": {"rgb": 0.7, "depth": 0.6, "rgb+depth": 0.8},
+             "label_spreading": {"rgb": 0.5, "depth": 0.4, "rgb+depth": 0.6},
+             "mlp": {"rgb": 0.5, "depth": 0.4, "rgb+depth": 0.6},
+             "cotraining": {"rgb": 0.8, "depth": 0.7, "rgb+depth": 0.9}}
+    for model, accuracy in extra.items():
+        for trial in (1, 2):
+            path = vae / model / f"trial-{trial}" / "metrics.json"
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps({"accuracy": accuracy}))
+    titles = TITLES | {"ct_svm": "CT+SVM", "label_spreading": "LS", "mlp": "MLP",
+                       "cotraining": "Co-training"}
+    rows = collect(vae=vae, vgg16=vgg, models=["label_spreading", "ss_hmvae", "mlp", "ct_svm",
+                                               "m2", "cotraining"], trials=[1, 2],
+                   titles=titles)
+    assert [r.id for r in rows] == ["m2", "ct_svm", "cotraining", "ss_hmvae",
+                                    "ss_hmvae_iterative", "label_spreading", "mlp", "vgg16"]
+    table = to_json(rows, profile="paper", trials=[1, 2], paper=True)
+    assert table["groups"] == {"unimodal": ["m2"], "multimodal": ["ct_svm", "cotraining"],
+                               "proposed": ["ss_hmvae", "ss_hmvae_iterative"],
+                               "reference": ["label_spreading", "mlp", "vgg16"]}
+    assert table["table1"]["ct_svm"]["rgb+depth"] == {"mean": 80.0, "std": 0.0,
+                                                      "paper_mean": 83.7, "paper_std": None}
+    assert table["table1"]["cotraining"]["depth"]["paper_mean"] == 82.6
+    markdown = to_markdown(rows, profile="paper", trials=[1, 2], paper=True)
+    assert "| multimodal | CT+SVM | 70.0 ± 0.0 | 60.0 ± 0.0 | 80.0 ± 0.0 | 78.7 | 75.4 | 83.7 |" \
+        in markdown
+    assert "|  | Co-training | 80.0 ± 0.0 | 70.0 ± 0.0 | 90.0 ± 0.0 | 85.5 ± 2.0 |" in markdown
+    assert "| reference | LS |" in markdown
 
 
 def test_missing_metrics_name_the_file(tmp_path):

@@ -27,13 +27,14 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     def body() -> None:
+        from pipeline.classical import CLASSICAL
         from pipeline.vae import MODELS  # imported late: it pulls in torch
 
         out_folder(args.out)
         config = load(args)
         trials = config.split.trials
         rows = collect(vae=args.vae, vgg16=args.vgg16, models=config.train.models,
-                       trials=trials, titles={k: v.title for k, v in MODELS.items()})
+                       trials=trials, titles={k: v.title for k, v in (MODELS | CLASSICAL).items()})
         paper = config.report.paper_reference and config.profile == "paper"
         args.out.mkdir(parents=True, exist_ok=True)
         table = to_json(rows, profile=config.profile, trials=trials, paper=paper)
