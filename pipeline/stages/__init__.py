@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pipeline.stages.train", "train and evaluate one model on features file(s)"),
     "report": ("pipeline.stages.report", "Table 1: mean +- std over trials"),
     "inspect": ("pipeline.stages.inspect", "what an HDF5 file of this project holds"),
+    "predict": ("pipeline.stages.predict", "classify new RGB-D frames with a trained model"),
 }
 
 
