@@ -24,6 +24,7 @@ from pipeline.config import load_config
 from pipeline.errors import UserError
 from pipeline.predict import (
     Predictor,
+    _classify,
     _features,
     collect,
     load_predictor,
@@ -184,22 +185,23 @@ def _real_pairs(real_frames: Path) -> Path:
 
 def test_real_frames_through_every_model_and_input(project, networks, real_frames):
     """The two real Washington frames (16-bit depth) through every model, every input it
-    takes, with the method predict picks by default."""
+    takes, with the method predict picks by default (their fc1 features computed once)."""
     folder = _real_pairs(real_frames)
+    frames, errors = collect(folder, folder)
+    rows = _features(networks, frames, ("rgb", "depth"), errors)
+    assert not errors and [frame.name for frame, _ in rows] == ["apple_1_1_1", "apple_1_1_6"]
     for name in MODELS:
         predictor = _predictor(project, networks, name)
         for inputs in (("rgb",), ("depth",), ("rgb", "depth")):
             if name in ("m2", "sdgm") and len(inputs) == 2:
                 continue  # one classifier per modality, none for both (tested above)
             evaluation = choose(predictor.classifier, inputs)
-            frames, errors = collect(*(folder if m in inputs else None
-                                       for m in ("rgb", "depth")))
-            predictions, bad = predict_frames(predictor, frames, evaluation, top=2)
-            assert not errors and not bad
+            predictions = _classify(predictor, rows, evaluation, 0, 2)
             assert [p.name for p in predictions] == ["apple_1_1_1", "apple_1_1_6"]
             for p in predictions:
                 assert len(p.top) == 2 and p.category == p.top[0][0]
                 assert p.category in predictor.classifier.categories
+                assert 0 < p.top[1][1] <= p.top[0][1] <= 1
 
 
 def test_cli_single_pair_prints_a_table_and_writes_json(project, real_frames, tmp_path, capsys):
