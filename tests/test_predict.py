@@ -37,7 +37,7 @@ from pipeline.vae import MODELS
 from pipeline.vae.data import prepare
 from pipeline.vae.evaluate import predict
 from pipeline.vae.experiment import train_and_evaluate
-from pipeline.vae.saved import SavedModelError, choose, load_trained
+from pipeline.vae.saved import SavedModelError, _Recorder, choose, load_trained
 from pipeline.vae.training import autocast_dtype, eval_mode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,12 +144,14 @@ def test_test_rows_give_exactly_the_accuracies_of_metrics_json(project, networks
         classes, probabilities = classifier.classify(x, evaluation)
         expected = metrics["accuracy_by_method"][evaluation.method][evaluation.key]
         assert np.mean(classes == labels) == expected, evaluation
+        recorder = _Recorder(classifier.model)  # evaluate's own path, on the file's rows
         with eval_mode(classifier.model):
-            rows = predict(classifier.model, data.test.x, evaluation, data.scaler,
+            rows = predict(recorder, data.test.x, evaluation, data.scaler,
                            iterative_steps=classifier.cfg.iterative_steps,
                            seed=classifier.cfg.seed,
                            precision=autocast_dtype(classifier.cfg.precision))
         np.testing.assert_array_equal(classes, rows.numpy())
+        np.testing.assert_array_equal(probabilities, recorder.probabilities().numpy())
         np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
         np.testing.assert_array_equal(probabilities.argmax(1), classes)
     evaluation = choose(classifier, ("depth",))
