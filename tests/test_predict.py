@@ -35,9 +35,9 @@ from pipeline.rgbd.layout import index_frames
 from pipeline.store import read_features
 from pipeline.vae import MODELS
 from pipeline.vae.data import prepare
-from pipeline.vae.evaluate import predict
+from pipeline.vae.evaluate import PredictOptions, predict
 from pipeline.vae.experiment import train_and_evaluate
-from pipeline.vae.saved import SavedModelError, _Recorder, choose, load_trained
+from pipeline.vae.saved import SavedModelError, choose, load_trained
 from pipeline.vae.training import autocast_dtype, eval_mode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,14 +144,13 @@ def test_test_rows_give_exactly_the_accuracies_of_metrics_json(project, networks
         classes, probabilities = classifier.classify(x, evaluation)
         expected = metrics["accuracy_by_method"][evaluation.method][evaluation.key]
         assert np.mean(classes == labels) == expected, evaluation
-        recorder = _Recorder(classifier.model)  # evaluate's own path, on the file's rows
-        with eval_mode(classifier.model):
-            rows = predict(recorder, data.test.x, evaluation, data.scaler,
-                           iterative_steps=classifier.cfg.iterative_steps,
-                           seed=classifier.cfg.seed,
-                           precision=autocast_dtype(classifier.cfg.precision))
-        np.testing.assert_array_equal(classes, rows.numpy())
-        np.testing.assert_array_equal(probabilities, recorder.probabilities().numpy())
+        with eval_mode(classifier.model):  # evaluate's own path, on the file's rows
+            log_probs = predict(classifier.model, data.test.x, evaluation, data.scaler,
+                                PredictOptions.from_config(classifier.cfg),
+                                seed=classifier.cfg.seed,
+                                precision=autocast_dtype(classifier.cfg.precision)).float()
+        np.testing.assert_array_equal(classes, log_probs.argmax(-1).numpy())
+        np.testing.assert_array_equal(probabilities, log_probs.exp().numpy())
         np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
         np.testing.assert_array_equal(probabilities.argmax(1), classes)
     evaluation = choose(classifier, ("depth",))

@@ -31,7 +31,7 @@ from pipeline.config import TrainConfig
 from pipeline.errors import UserError
 from pipeline.vae import MODELS, Evaluation, build_model
 from pipeline.vae.data import FeatureScaler, TrialData
-from pipeline.vae.evaluate import EVAL_BATCH, predict
+from pipeline.vae.evaluate import EVAL_BATCH, PredictOptions, predict
 from pipeline.vae.training import _save_atomic, autocast_dtype
 
 FORMAT = "ssmvae-model/1"
@@ -105,6 +105,9 @@ def save_trained(path: Path, *, model: nn.Module, name: str, cfg: TrainConfig,
         "format": FORMAT, "kind": TORCH_KIND, "model": name,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "dims": dict(data.dims), "config": dataclasses.asdict(cfg),
+        # eq. (4)'s weights, as experiment._build gave them (the loss only; kept so that the
+        # rebuilt model is the trained one)
+        "labelled_share": len(data.labelled) / (len(data.labelled) + len(data.unlabelled)),
         "scaler": _tensors(data.scaler.state()),
         "categories": list(data.categories), "modalities": list(data.modalities),
         "provenance": features_provenance(features, attrs),
@@ -192,16 +195,15 @@ class TorchClassifier:
         """In blocks of `evaluate.EVAL_BATCH` rows seeded `seed + offset`, as `evaluate` does,
         so that the rows of a test set give exactly the predictions behind `metrics.json`."""
         n = len(next(iter(x.values())))
+        options = PredictOptions.from_config(self.cfg)  # the options behind Table 1's number
         preds, probs = [], []
         for lo in range(0, n, EVAL_BATCH):
             block = self._tensors({m: v[lo:lo + EVAL_BATCH] for m, v in x.items()})
-            recorder = _Recorder(self.model)
-            pred = predict(recorder, block, evaluation, self.scaler,
-                           iterative_steps=self.cfg.iterative_steps,
-                           seed=self.cfg.seed + start + lo,
-                           precision=autocast_dtype(self.cfg.precision))
-            preds.append(pred.cpu().numpy())
-            probs.append(recorder.probabilities().cpu().numpy())
+            log_probs = predict(self.model, block, evaluation, self.scaler, options,
+                                seed=self.cfg.seed + start + lo,
+                                precision=autocast_dtype(self.cfg.precision))
+            preds.append(log_probs.argmax(-1).cpu().numpy())
+            probs.append(log_probs.float().exp().cpu().numpy())
         return np.concatenate(preds), np.concatenate(probs)
 
     def _tensors(self, x: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -217,29 +219,6 @@ class TorchClassifier:
         return {m: t.to(self.device) for m, t in out.items()}
 
 
-class _Recorder:
-    """The model as `evaluate.predict` sees it, keeping the logits of each `classify` call so
-    that `predict` can report class probabilities beside the class `evaluate.predict` picks."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self._model = model
-        self._logits: list[torch.Tensor] = []
-
-    def classify(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        logits = self._model.classify(*args, **kwargs)
-        self._logits.append(logits)
-        return logits
-
-    def probabilities(self) -> torch.Tensor:
-        """The mean of the calls' softmax (one call today; an average if there are several)."""
-        if not self._logits:
-            raise RuntimeError("evaluate.predict did not call the model's classify")
-        return torch.stack([t.float().softmax(-1) for t in self._logits]).mean(0)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
-
-
 @register(TORCH_KIND)
 def _load_torch(state: dict[str, Any], path: Path, device: torch.device) -> TorchClassifier:
     name = state.get("model")
@@ -252,7 +231,8 @@ def _load_torch(state: dict[str, Any], path: Path, device: torch.device) -> Torc
         config["models"] = tuple(config.get("models", ()))
         cfg = TrainConfig(**config)
         scaler = FeatureScaler.from_state(_arrays(state["scaler"]))
-        model = build_model(name, state["dims"], len(state["categories"]), cfg)
+        model = build_model(name, state["dims"], len(state["categories"]), cfg,
+                            labelled_share=state["labelled_share"])
         model.load_state_dict(state["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise SavedModelError(f"{path}: does not fit this code's {name!r} model ({err}); it "
