@@ -1,6 +1,7 @@
 #!/bin/sh
 # Every benchmark, one after another, on the default device (CUDA when present), each table
-# also written to $OUT (default bench-results/). About 7 minutes on the 2-core CPU.
+# also written to $OUT (default bench-results/). About 5 minutes on the 2-core CPU, plus
+# bench_predict (6 min measured on a heavily shared machine).
 #     sh bench/run_all.sh            (or: make bench)
 set -eu
 out=${OUT:-bench-results}
