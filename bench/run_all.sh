@@ -1,6 +1,7 @@
 #!/bin/sh
 # Every benchmark, one after another, on the default device (CUDA when present), each table
-# also written to $OUT (default bench-results/). About 5 minutes on the 2-core CPU.
+# also written to $OUT (default bench-results/). About 5 minutes on the 2-core CPU, plus
+# bench_predict (6 min measured on a heavily shared machine).
 #     sh bench/run_all.sh            (or: make bench)
 set -eu
 out=${OUT:-bench-results}
@@ -11,3 +12,4 @@ run train_step bench/bench_train_step.py --compare --precision bf16 fp32
 run fit bench/bench_fit.py
 run vgg bench/bench_vgg.py --compare
 run stacked bench/bench_stacked.py --steps 3 --repeats 2
+run predict bench/bench_predict.py

@@ -145,9 +145,14 @@ def read_depth(path: Path | None) -> np.ndarray:
 def process_frame(rgb_path: Path | None, depth_path: Path | None,
                   size: int) -> tuple[np.ndarray, np.ndarray]:
     """Both modalities of one frame as uint8 [size, size, 3]; `FrameError` if unusable."""
-    rgb = read_rgb(rgb_path)
-    depth = read_depth(depth_path)
-    return square(rgb, size), colourise_depth(square_depth(depth, size))
+    return process_file(rgb_path, "rgb", size), process_file(depth_path, "depth", size)
+
+
+def process_file(path: Path | None, modality: str, size: int) -> np.ndarray:
+    """One modality of a frame as `process_frame` makes it (`predict` may get only one)."""
+    if modality == "rgb":
+        return square(read_rgb(path), size)
+    return colourise_depth(square_depth(read_depth(path), size))
 
 
 # --------------------------------------------------------------------------- the dataset

@@ -109,7 +109,7 @@ def test_test_rows_never_reach_the_training(tmp_path):
         metrics = train_and_evaluate_classical(tmp_path / f"{name}.h5", "ct_svm",
                                                TrainConfig(), tmp_path / name, progress=False,
                                                live=False)
-        states.append(torch.load(tmp_path / name / "checkpoint.pt", weights_only=True))
+        states.append(torch.load(tmp_path / name / "model.pt", weights_only=True))
         assert metrics["n_test"] == int(data.is_test.sum())
     assert states[0].keys() == states[1].keys()
     for key in states[0]:
@@ -135,7 +135,7 @@ def test_stage_writes_the_train_stage_files(tmp_path, capsys):
                                                    metrics["accuracy"]["right"])
     assert metrics["accuracy"]["left"] > 0.5
     # the outputs dvc.yaml declares for every train run
-    for name in ("config.json", "checkpoint.pt", "code.sha256", "dvclive/metrics.json"):
+    for name in ("config.json", "metrics.json", "model.pt", "dvclive/metrics.json"):
         assert (out / name).is_file(), name
     assert list((out / "dvclive/plots/metrics").rglob("*.tsv"))
     assert "ct_svm: accuracy left" in capsys.readouterr().out

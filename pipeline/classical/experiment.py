@@ -3,29 +3,31 @@
 Writes what the generative models write, so DVC's outputs and the report are the same:
 `metrics.json` (`accuracy` keyed rgb / depth / rgb+depth, `accuracy_by_method`),
 `config.json`, `dvclive/` (per round: examples handed over and how many of their labels
-were right, judged on the training rows' labels, never the test rows'), and `checkpoint.pt`
-(not resumable: the final training sets, i.e. which unlabelled rows each view learnt from
-and with which labels). Each view's features are standardised and projected on their first
-PCA_DIMS principal components, both fitted on the training rows (labelled and unlabelled,
-never test): the SVMs, k-means and the kNN graph then work in 256 dimensions, not 4096,
-which is what makes the paper's scale take minutes on a CPU.
+were right, judged on the training rows' labels, never the test rows'), and `model.pt`
+(format `ssmvae-classical/1`: the final training sets, i.e. which unlabelled rows each view
+learnt from and with which labels; `predict` does not load it). Each view's features are
+standardised and projected on their first PCA_DIMS principal components, both fitted on the
+training rows (labelled and unlabelled, never test): the SVMs, k-means and the kNN graph
+then work in 256 dimensions, not 4096, which is what makes the paper's scale take minutes on
+a CPU.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline.atomic import torch_save, write_json
 from pipeline.classical import CLASSICAL
 from pipeline.classical.cotrain import CoTrainResult, CoTrainSettings, cotrain, scores
 from pipeline.config import TrainConfig
 from pipeline.errors import UserError
 from pipeline.store import FeatureSet, read_features
+
+FORMAT = "ssmvae-classical/1"  # model.pt of a classical model (predict does not load it)
 
 # The co-training rules and their settings (docs/models.md says why these values).
 COTRAIN = {"ct_svm": CoTrainSettings(rule="top"), "cotraining": CoTrainSettings(rule="diverse")}
@@ -58,7 +60,7 @@ def train_and_evaluate_classical(features: Path, model_name: str, cfg: TrainConf
     data = read_features(features)
     split = _split(features, model_name, data, cfg.seed)  # all checks before out/ exists
     out.mkdir(parents=True, exist_ok=True)
-    _write(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    write_json(out / "config.json", dataclasses.asdict(cfg))
     if model_name in COTRAIN:
         settings = dataclasses.replace(COTRAIN[model_name], seed=cfg.seed)
         result = cotrain(split.labelled, split.y, split.unlabelled, split.n_classes, settings,
@@ -80,10 +82,10 @@ def train_and_evaluate_classical(features: Path, model_name: str, cfg: TrainConf
                "n_labelled": int(split.y.size),
                "n_unlabelled": int(split.y_unlabelled.size), "n_test": int(split.y_test.size),
                "features": str(features), "trial": _plain(data.attrs.get("trial"))}
-    _save_state(out / "checkpoint.pt", model_name, state)
+    _save_state(out / "model.pt", model_name, state)
     if live:
         _log(out / "dvclive", history, metrics)
-    _write(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_json(out / "metrics.json", metrics)
     return metrics
 
 
@@ -183,9 +185,7 @@ def _save_state(path: Path, model_name: str,
     tensors = {f"{key}/{part}": torch.from_numpy(np.asarray(a, np.int64))
                for key, pair in state.items() for part, a in zip(("rows", "labels"), pair,
                                                                  strict=True)}
-    tmp = path.with_name(path.name + ".partial")
-    torch.save({"model": model_name, "final": True, **tensors}, tmp)
-    os.replace(tmp, path)
+    torch_save({"format": FORMAT, "model": model_name, **tensors}, path)
 
 
 def _log(folder: Path, history: list[dict[str, float]], metrics: dict[str, Any]) -> None:
@@ -200,12 +200,6 @@ def _log(folder: Path, history: list[dict[str, float]], metrics: dict[str, Any])
     for key, value in metrics["accuracy"].items():
         live.summary[f"test/accuracy/{key}"] = value
     live.end()
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _plain(value: Any) -> Any:

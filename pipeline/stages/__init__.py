@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("pipeline.stages.report", "Table 1: mean +- std over trials"),
     "inspect": ("pipeline.stages.inspect", "what an HDF5 file of this project holds"),
     "compare": ("pipeline.stages.compare", "DVC experiments side by side: params, Table 1"),
+    "predict": ("pipeline.stages.predict", "classify new RGB-D frames with a trained model"),
 }
 
 

@@ -67,6 +67,11 @@ class FeatureScaler:
     def state(self) -> dict:
         return {"kind": self.kind, "offset": self.offset, "scale": self.scale}
 
+    @classmethod
+    def from_state(cls, state: dict) -> FeatureScaler:
+        """The inverse of `state()` (a saved model's scaling, `pipeline/vae/saved.py`)."""
+        return cls(**state)
+
 
 @dataclass(frozen=True)
 class TrialData:

@@ -5,8 +5,9 @@
      "accuracy_iterative": {...}, "accuracy_by_method": {method: {key: acc}}, ...}
 `accuracy` holds, for each input, the number Table 1 reports for the model.
 Also in DIR: `checkpoint.pt` (resumable, per epoch; a single run deletes it once metrics.json
-is written), `config.json` (the effective parameters) and `dvclive/` (per-epoch loss terms
-and test accuracy).
+is written), `config.json` (the effective parameters), `dvclive/` (per-epoch loss terms
+and test accuracy) and, written last beside `metrics.json`, `model.pt` (what
+`python -m pipeline predict` needs: `saved.py`).
 `train_and_evaluate_stacked` does the same for several features files at once (one model
 trained per file, all in one vmapped loop: `stacked.py`), writing the same files per DIR.
 """
@@ -37,6 +38,7 @@ from pipeline.vae.evaluate import (
     option_name,
     table_row,
 )
+from pipeline.vae.saved import save_trained
 from pipeline.vae.stacked import fit_stacked
 from pipeline.vae.training import FitSettings, autocast_dtype, fit
 
@@ -77,6 +79,8 @@ def train_and_evaluate(features: Path, model_name: str, cfg: TrainConfig, out: P
                   progress=progress, world=world)
     metrics = _metrics(model, data, data_file, features, model_name, cfg, evaluations, history)
     if world.is_main:
+        save_trained(out / "model.pt", model=model, name=model_name, cfg=cfg, data=data,
+                     features=features, attrs=data_file.attrs)
         write_json(out / "metrics.json", metrics)
         # The run is complete: its resume state (weights + Adam) is not kept (nor cached).
         (out / "checkpoint.pt").unlink(missing_ok=True)
@@ -129,6 +133,8 @@ def train_and_evaluate_stacked(features: list[Path], model_name: str, cfg: Train
     for i, out in enumerate(outs):
         metrics = _metrics(models[i], datas[i], files[i], features[i], model_name, cfg,
                            evaluations, histories[i]) | {"stacked": len(outs)}
+        save_trained(out / "model.pt", model=models[i], name=model_name, cfg=cfg,
+                     data=datas[i], features=features[i], attrs=files[i].attrs)
         write_json(out / "metrics.json", metrics)
         results.append(metrics)
     for logger in loggers:
