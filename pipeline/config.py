@@ -199,10 +199,18 @@ class TrainConfig:
     a_dim: int = 1024  # Appendix C: f_mu of q(a|x,w) is D1024
     z_dim: int = 1024  # Appendix C: f_mu of q(z|a,y) is D1024
     dropout: float = 0.5  # Appendix C: q(y|a) has Dropout0.5
-    likelihood: Literal["gaussian", "bernoulli"] = "gaussian"
+    # p(x|.) of the features: gaussian (learned variance), gaussian_fixed (unit variance,
+    # Appendix C's mean-only decoder) or bernoulli (docs/models.md compares them)
+    likelihood: Literal["gaussian", "gaussian_fixed", "bernoulli"] = "gaussian"
     unlabeled_y: Literal["gumbel", "enumerate"] = "gumbel"
     temperature: float = 0.1  # Gumbel-softmax temperature (the authors' code uses 0.1)
     iterative_steps: int = 100  # Appendix D
+    # Appendix D reconstructs the missing modality by sampling p(x|a); "mean" uses its mean
+    iterative_fill: Literal["mean", "sample"] = "sample"
+    # q(y|x) = E_q(a|x)[q(y|a)]: monte_carlo averages predict_samples draws of a,
+    # posterior_mean takes q(y | E[a]) (models whose classifier sits behind a latent)
+    prediction: Literal["posterior_mean", "monte_carlo"] = "monte_carlo"
+    predict_samples: int = 100
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     precision: str = "fp32"  # autocast dtype on the training device: bf16 or fp32
     # torch.compile the loss: auto = on CUDA (fewer, fused kernels; minutes to compile),
@@ -226,6 +234,8 @@ class TrainConfig:
         _require(self.temperature > 0, "train.temperature", self.temperature, "a number > 0")
         _require(self.iterative_steps >= 0, "train.iterative_steps", self.iterative_steps,
                  "an integer >= 0")
+        _require(self.predict_samples >= 1, "train.predict_samples", self.predict_samples,
+                 "an integer >= 1")
         _require(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, "a number >= 0")
         _require(self.precision in PRECISIONS, "train.precision", self.precision,
                  f"one of {', '.join(PRECISIONS)}")

@@ -22,7 +22,7 @@ from pipeline.config import TrainConfig
 from pipeline.store import FeatureSet
 from pipeline.vae import MODELS, build_model
 from pipeline.vae.data import prepare
-from pipeline.vae.evaluate import evaluate
+from pipeline.vae.evaluate import PredictOptions, evaluate
 from pipeline.vae.training import FitSettings, fit
 
 # 62 labelled, 1196 unlabelled: every batch (32 labelled, 64 unlabelled, the last 44)
@@ -59,7 +59,7 @@ def main(out: Path) -> None:
     model = build_model("ss_hmvae_kl", data.dims, len(data.categories), CONFIG)
     history = fit(model, data, SETTINGS, progress=False, world=world)
     evaluations = MODELS["ss_hmvae_kl"].evaluations(data.modalities)
-    accuracy = evaluate(model, data.test, evaluations, data.scaler, iterative_steps=0)
+    accuracy = evaluate(model, data.test, evaluations, data.scaler, PredictOptions())
     torch.save({"state": model.state_dict(), "history": history, "accuracy": accuracy,
                 "world": world.size}, out / f"rank-{world.rank}.pt")
     distributed.shutdown(world)

@@ -123,10 +123,14 @@ def test_m2_labelled_terms_by_hand():
     torch.manual_seed(2)
     q_z = model.q_z_xy_head(model.q_z_xy(rgb=x["rgb"], y=y))
     z = q_z.base_dist.loc + q_z.base_dist.scale * torch.randn_like(q_z.base_dist.loc)
-    mu = torch.sigmoid(model.p_x_zy_head["rgb"].head(model.p_x_zy["rgb"](z=z, y=y)))
+    mu = torch.sigmoid(model.p_x_zy_head["rgb"].head.f_mu(model.p_x_zy["rgb"](z=z, y=y)))
     bernoulli = (x["rgb"] * torch.log(mu) + (1 - x["rgb"]) * torch.log(1 - mu)).sum(-1)
     torch.testing.assert_close(terms["log_p_rgb"], bernoulli, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(terms["-kl_z"], -kl_to_standard_normal(q_z))
+    mu_z, var_z = q_z.base_dist.loc, q_z.base_dist.scale ** 2
+    kl_by_hand = 0.5 * (var_z + mu_z ** 2 - 1 - torch.log(var_z)).sum(-1)
+    torch.testing.assert_close(terms["-kl_z"], -kl_by_hand)
+    torch.testing.assert_close(terms["log_p_y"], torch.full((4,), -math.log(K)))
+    assert set(terms) == {"log_p_rgb", "-kl_z", "log_p_y"}
 
 
 def test_loss_is_equation_3():
@@ -196,7 +200,9 @@ def test_enumeration_is_expectation_plus_entropy(monkeypatch):
 
 
 def test_kl_term_is_equation_4():
-    model = hmvae(SSHMVAEKL, beta=2.5)
+    """beta / (M + N) * sum over D_L u D_U: each batch mean weighted by its set's share."""
+    share = 0.05  # N / (N + M): 5 % labelled, as in the paper
+    model = hmvae(SSHMVAEKL, beta=2.5, labelled_share=share)
     labelled, unlabelled = batches()
     torch.manual_seed(6)
     _, logged = model.loss(labelled, unlabelled)
@@ -211,8 +217,10 @@ def test_kl_term_is_equation_4():
             mu2, sigma2 = uni.base_dist.loc, uni.base_dist.scale
             kls.append((torch.log(sigma2 / sigma)
                         + (sigma ** 2 + (mu - mu2) ** 2) / (2 * sigma2 ** 2) - 0.5).sum(-1))
-    per_example = torch.cat([kls[0] + kls[1], kls[2] + kls[3]])
-    torch.testing.assert_close(logged["-beta*kl_a"], -2.5 * per_example.mean().detach())
+    # every training example weighs the same: the labelled batch stands for N examples,
+    # the unlabelled one for M (a concatenated batch would give the labelled half weight)
+    paper = share * (kls[0] + kls[1]).mean() + (1 - share) * (kls[2] + kls[3]).mean()
+    torch.testing.assert_close(logged["-beta*kl_a"], -2.5 * paper.detach())
 
 
 def test_unimodal_encoders_learn_only_through_the_kl_term():

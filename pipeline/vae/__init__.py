@@ -40,15 +40,15 @@ def _joint(modalities: list[str]) -> list[Evaluation]:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    build: Callable[[dict[str, int], int, TrainConfig], nn.Module]
+    build: Callable[[dict[str, int], int, TrainConfig, ObjectiveConfig], nn.Module]
     evaluations: Callable[[list[str]], list[Evaluation]]
     multimodal: bool  # needs two or more modalities
     title: str  # the row name in Table 1
 
 
-def _objective(cfg: TrainConfig) -> ObjectiveConfig:
+def _objective(cfg: TrainConfig, labelled_share: float) -> ObjectiveConfig:
     return ObjectiveConfig(alpha=cfg.alpha, beta=cfg.beta, unlabeled_y=cfg.unlabeled_y,
-                           temperature=cfg.temperature)
+                           temperature=cfg.temperature, labelled_share=labelled_share)
 
 
 def _sizes(cfg: TrainConfig, *, with_a: bool) -> dict:
@@ -59,43 +59,46 @@ def _sizes(cfg: TrainConfig, *, with_a: bool) -> dict:
 
 MODELS: dict[str, ModelSpec] = {
     "m2": ModelSpec(
-        build=lambda dims, k, cfg: PerModality(dims, lambda d: MVAE(
-            dims=d, n_classes=k, objective=_objective(cfg), **_sizes(cfg, with_a=False))),
+        build=lambda dims, k, cfg, obj: PerModality(dims, lambda d: MVAE(
+            dims=d, n_classes=k, objective=obj, **_sizes(cfg, with_a=False))),
         evaluations=lambda ms: _each_alone(ms, "joint", True),
         multimodal=False, title="M2 (Kingma et al., 2014)"),
     "sdgm": ModelSpec(
-        build=lambda dims, k, cfg: PerModality(dims, lambda d: SDGM(
-            dims=d, n_classes=k, objective=_objective(cfg), **_sizes(cfg, with_a=True))),
+        build=lambda dims, k, cfg, obj: PerModality(dims, lambda d: SDGM(
+            dims=d, n_classes=k, objective=obj, **_sizes(cfg, with_a=True))),
         evaluations=lambda ms: _each_alone(ms, "joint", True),
         multimodal=False, title="SDGM (Maaløe et al., 2016)"),
     "ss_mvae": ModelSpec(
-        build=lambda dims, k, cfg: MVAE(dims=dims, n_classes=k, objective=_objective(cfg),
-                                        **_sizes(cfg, with_a=False)),
+        build=lambda dims, k, cfg, obj: MVAE(dims=dims, n_classes=k, objective=obj,
+                                             **_sizes(cfg, with_a=False)),
         evaluations=lambda ms: _joint(ms) + _each_alone(ms, "zero_fill", True),
         multimodal=True, title="SS-MVAE"),
     "ss_hmvae": ModelSpec(
-        build=lambda dims, k, cfg: SSHMVAE(dims=dims, n_classes=k, objective=_objective(cfg),
-                                           **_sizes(cfg, with_a=True)),
+        build=lambda dims, k, cfg, obj: SSHMVAE(dims=dims, n_classes=k, objective=obj,
+                                                **_sizes(cfg, with_a=True)),
         evaluations=lambda ms: (_joint(ms) + _each_alone(ms, "zero_fill", True)
                                 + _each_alone(ms, "iterative", False)),
         multimodal=True, title="SS-HMVAE"),
     "ss_hmvae_kl": ModelSpec(
-        build=lambda dims, k, cfg: SSHMVAEKL(dims=dims, n_classes=k, objective=_objective(cfg),
-                                             **_sizes(cfg, with_a=True)),
+        build=lambda dims, k, cfg, obj: SSHMVAEKL(dims=dims, n_classes=k, objective=obj,
+                                                  **_sizes(cfg, with_a=True)),
         evaluations=lambda ms: (_joint(ms) + _each_alone(ms, "unimodal", True)
                                 + _each_alone(ms, "zero_fill", False)),
         multimodal=True, title="SS-HMVAE-kl"),
     "mlp": ModelSpec(
-        build=lambda dims, k, cfg: LabelledOnly(dims, k, hidden=cfg.hidden, dropout=cfg.dropout),
+        build=lambda dims, k, cfg, obj: LabelledOnly(dims, k, hidden=cfg.hidden,
+                                                     dropout=cfg.dropout),
         evaluations=lambda ms: _each_alone(ms, "joint", True) + _joint(ms),
         multimodal=False, title="MLP, labelled only (baseline)"),
 }
 
 
-def build_model(name: str, dims: dict[str, int], n_classes: int, cfg: TrainConfig) -> nn.Module:
+def build_model(name: str, dims: dict[str, int], n_classes: int, cfg: TrainConfig, *,
+                labelled_share: float = 0.5) -> nn.Module:
+    """`labelled_share`: N / (N + M) of the training data (eq. (4)'s weights)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
     spec = MODELS[name]
     if spec.multimodal and len(dims) < 2:
         raise ValueError(f"model {name!r} needs two modalities; the features have {list(dims)}")
-    return spec.build(dims, n_classes, cfg)
+    return spec.build(dims, n_classes, cfg, _objective(cfg, labelled_share))

@@ -35,11 +35,16 @@ class PerModality(nn.Module):
             logged |= {f"{m}/{k}": v for k, v in terms.items()}
         return total, logged
 
-    def classify(self, x: Tensors, method: str = "joint") -> torch.Tensor:
+    @property
+    def latent_classifier(self) -> bool:
+        return all(model.latent_classifier for model in self.models.values())
+
+    def classify(self, x: Tensors, method: str = "joint", *, samples: int = 0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
         if len(x) != 1:
             raise ValueError(f"a unimodal model takes one modality, got {list(x)}")
         (m, xm), = x.items()
-        return self.models[m].classify({m: xm}, method)
+        return self.models[m].classify({m: xm}, method, samples=samples, generator=generator)
 
 
 def input_key(modalities: list[str] | tuple[str, ...]) -> str:
@@ -71,5 +76,9 @@ class LabelledOnly(nn.Module):
         names = self.trunks[key].names
         return self.heads[key](self.trunks[key](**{m: x[m] for m in names}))
 
-    def classify(self, x: Tensors, method: str = "joint") -> torch.Tensor:
-        return self._logits(input_key([m for m in self.modalities if m in x]), x)
+    latent_classifier = False
+
+    def classify(self, x: Tensors, method: str = "joint", *, samples: int = 0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        logits = self._logits(input_key([m for m in self.modalities if m in x]), x)
+        return torch.log_softmax(logits, -1)

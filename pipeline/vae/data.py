@@ -10,15 +10,28 @@ import torch
 from pipeline.store import FeatureSet
 from pipeline.vae.objective import Batch
 
-MIN_SCALE = 1e-3  # a feature constant over the training rows is left unscaled, not divided by 0
+GAUSSIAN = ("gaussian", "gaussian_fixed")  # learned or unit variance: both standardised
+LIKELIHOODS = (*GAUSSIAN, "bernoulli")
+
+
+def typical_scale(spread: np.ndarray) -> float:
+    """The median spread over the dimensions that vary (1 if none does)."""
+    varying = spread[spread > 0]
+    return float(np.median(varying)) if varying.size else 1.0
 
 
 @dataclass(frozen=True)
 class FeatureScaler:
     """Per-dimension affine map fitted on training rows only (test rows stay unseen).
 
-    Gaussian likelihood: standardise (mean 0, std 1). Bernoulli: divide by the maximum,
+    Gaussian likelihoods: standardise (mean 0, std 1). Bernoulli: divide by the maximum,
     so fc1 features (>= 0, sparse) land in [0, 1] and can be scored as Bernoulli means.
+
+    A dimension that (nearly) never varies on the training rows is never amplified: its
+    divisor is floored at the modality's typical one, the median over the dimensions that
+    vary. Fine-tuned fc1 layers have units that are dead on every training image and fire
+    on a held-out one; divided by their ~0 spread, such a value would flood the first
+    layer at test time. Floored, it weighs what it would in a typical dimension.
     """
 
     kind: str
@@ -30,17 +43,19 @@ class FeatureScaler:
         offset, scale = {}, {}
         for m, x in features.items():
             train = x[rows]
-            if kind == "gaussian":
+            if kind in GAUSSIAN:
                 offset[m] = train.mean(0)
-                scale[m] = np.maximum(train.std(0), MIN_SCALE)
+                spread = train.std(0)
             elif kind == "bernoulli":
                 if (train < 0).any():
                     raise ValueError(f"bernoulli likelihood needs features >= 0; {m!r} has "
-                                     "negative values (use likelihood: gaussian)")
+                                     "negative values (use a gaussian likelihood)")
                 offset[m] = np.zeros(x.shape[1], np.float32)
-                scale[m] = np.maximum(train.max(0), MIN_SCALE)
+                spread = train.max(0)
             else:
-                raise ValueError(f"likelihood: expected gaussian or bernoulli, got {kind!r}")
+                raise ValueError(f"likelihood: expected one of {', '.join(LIKELIHOODS)}, "
+                                 f"got {kind!r}")
+            scale[m] = np.maximum(spread, typical_scale(spread)).astype(np.float32)
         return cls(kind, offset, scale)
 
     def transform(self, m: str, x: np.ndarray) -> np.ndarray:

@@ -1,11 +1,22 @@
-"""Accuracy of a trained model for every input mode its row of Table 1 needs."""
+"""Accuracy of a trained model for every input mode its row of Table 1 needs.
+
+Each evaluation runs with the configured prediction options (`PredictOptions.from_config`:
+Table 1's number) and, for the final metrics, with every option that applies to the model
+(`variants`): the posterior-mean shortcut q(y | E[a]) against the Monte-Carlo average
+E_q(a|.)[q(y|a)] where the classifier sits behind a latent, and for iterative sampling the
+mean of p(x|a) against a draw from it as the fill.
+"""
 
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from pipeline.config import TrainConfig
 from pipeline.vae import Evaluation
 from pipeline.vae.data import FeatureScaler
 from pipeline.vae.objective import Batch, Tensors
@@ -14,45 +25,102 @@ from pipeline.vae.training import eval_mode
 EVAL_BATCH = 1024
 
 
+@dataclass(frozen=True)
+class PredictOptions:
+    samples: int = 0  # draws of the latent averaged in q(y|.); 0 = the posterior mean
+    fill: str = "mean"  # iterative sampling: "mean" of p(x|a) or a "sample" from it
+    iterative_steps: int = 100
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> PredictOptions:
+        samples = cfg.predict_samples if cfg.prediction == "monte_carlo" else 0
+        return cls(samples=samples, fill=cfg.iterative_fill, iterative_steps=cfg.iterative_steps)
+
+
+def variants(model: nn.Module, evaluation: Evaluation, cfg: TrainConfig
+             ) -> dict[str, PredictOptions]:
+    """Every prediction option that applies to `model` for `evaluation`, by name."""
+    base = PredictOptions.from_config(cfg)
+    if getattr(model, "latent_classifier", False):
+        samples = {"posterior_mean": 0, "monte_carlo": cfg.predict_samples}
+    else:
+        samples = {"exact": 0}  # no latent in front of q(y|x): nothing to average over
+    fills = ["mean", "sample"] if evaluation.method == "iterative" else [base.fill]
+    out = {}
+    for fill in fills:
+        for name, s in samples.items():
+            label = f"{fill}_fill/{name}" if evaluation.method == "iterative" else name
+            out[label] = dataclasses.replace(base, samples=s, fill=fill)
+    return out
+
+
 @torch.no_grad()
-def predict(model: nn.Module, x: Tensors, evaluation: Evaluation, scaler: FeatureScaler, *,
-            iterative_steps: int, seed: int, precision: torch.dtype | None) -> torch.Tensor:
-    """Predicted classes for one evaluation; `x` holds every modality (scaled)."""
+def predict(model: nn.Module, x: Tensors, evaluation: Evaluation, scaler: FeatureScaler,
+            options: PredictOptions, *, seed: int, precision: torch.dtype | None
+            ) -> torch.Tensor:
+    """Class log-probabilities for one evaluation; `x` holds every modality (scaled)."""
     given = {m: x[m] for m in evaluation.inputs}
     missing = [m for m in x if m not in given]
     generator = torch.Generator(device=next(iter(x.values())).device).manual_seed(seed)
     device_type = next(iter(x.values())).device.type
+    draws = {"samples": options.samples, "generator": generator}
     with torch.autocast(device_type, dtype=precision or torch.float32,
                         enabled=precision is not None):
         if evaluation.method == "zero_fill":
             for m in missing:
                 zeros = scaler.transform(m, np.zeros((1, x[m].shape[1]), np.float32))
                 given[m] = torch.from_numpy(zeros).to(x[m].device).expand_as(x[m])
-            logits = model.classify({m: given[m] for m in x}, "joint")
-        elif evaluation.method == "iterative":
+            return model.classify({m: given[m] for m in x}, "joint", **draws)
+        if evaluation.method == "iterative":
             for m in missing:
-                given[m] = model.impute(given, m, iterative_steps, generator)
-            logits = model.classify({m: given[m] for m in x}, "joint")
-        else:
-            logits = model.classify(given, evaluation.method)
-    return logits.argmax(-1)
+                given[m] = model.impute(given, m, options.iterative_steps, generator,
+                                        fill=options.fill)
+            return model.classify({m: given[m] for m in x}, "joint", **draws)
+        return model.classify(given, evaluation.method, **draws)
+
+
+def accuracy(model: nn.Module, test: Batch, evaluation: Evaluation, scaler: FeatureScaler,
+             options: PredictOptions, *, seed: int = 0,
+             precision: torch.dtype | None = None) -> float:
+    """Test accuracy of one evaluation with one set of options, in batches (eval mode)."""
+    correct = 0
+    with eval_mode(model):
+        for start in range(0, len(test), EVAL_BATCH):
+            x = {m: t[start:start + EVAL_BATCH] for m, t in test.x.items()}
+            log_probs = predict(model, x, evaluation, scaler, options, seed=seed + start,
+                                precision=precision)
+            correct += int((log_probs.argmax(-1) == test.y[start:start + EVAL_BATCH]).sum())
+    return correct / len(test)
 
 
 def evaluate(model: nn.Module, test: Batch, evaluations: list[Evaluation],
-             scaler: FeatureScaler, *, iterative_steps: int, seed: int = 0,
+             scaler: FeatureScaler, options: PredictOptions, *, seed: int = 0,
              precision: torch.dtype | None = None) -> dict[str, dict[str, float]]:
-    """{method: {key: accuracy}} over the test set, in eval mode, in batches."""
+    """{method: {key: accuracy}} over the test set with the given options."""
     results: dict[str, dict[str, float]] = {}
-    with eval_mode(model):
-        for evaluation in evaluations:
-            correct = 0
-            for start in range(0, len(test), EVAL_BATCH):
-                x = {m: t[start:start + EVAL_BATCH] for m, t in test.x.items()}
-                pred = predict(model, x, evaluation, scaler, iterative_steps=iterative_steps,
-                               seed=seed + start, precision=precision)
-                correct += int((pred == test.y[start:start + EVAL_BATCH]).sum())
-            results.setdefault(evaluation.method, {})[evaluation.key] = correct / len(test)
+    for e in evaluations:
+        results.setdefault(e.method, {})[e.key] = accuracy(model, test, e, scaler, options,
+                                                           seed=seed, precision=precision)
     return results
+
+
+def evaluate_options(model: nn.Module, test: Batch, evaluations: list[Evaluation],
+                     scaler: FeatureScaler, cfg: TrainConfig, *, seed: int = 0,
+                     precision: torch.dtype | None = None
+                     ) -> dict[str, dict[str, dict[str, float]]]:
+    """{method: {option: {key: accuracy}}} for every option that applies (`variants`)."""
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for e in evaluations:
+        for name, options in variants(model, e, cfg).items():
+            results.setdefault(e.method, {}).setdefault(name, {})[e.key] = accuracy(
+                model, test, e, scaler, options, seed=seed, precision=precision)
+    return results
+
+
+def option_name(model: nn.Module, evaluation: Evaluation, cfg: TrainConfig) -> str:
+    """The `variants` name of the configured options (Table 1's number)."""
+    name = cfg.prediction if getattr(model, "latent_classifier", False) else "exact"
+    return f"{cfg.iterative_fill}_fill/{name}" if evaluation.method == "iterative" else name
 
 
 def table_row(results: dict[str, dict[str, float]],

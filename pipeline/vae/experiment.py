@@ -28,7 +28,13 @@ from pipeline.errors import UserError
 from pipeline.store import FeatureSet, read_features
 from pipeline.vae import MODELS, Evaluation, ModelSpec, build_model
 from pipeline.vae.data import TrialData, prepare
-from pipeline.vae.evaluate import evaluate, table_row
+from pipeline.vae.evaluate import (
+    PredictOptions,
+    evaluate,
+    evaluate_options,
+    option_name,
+    table_row,
+)
 from pipeline.vae.stacked import fit_stacked
 from pipeline.vae.training import FitSettings, autocast_dtype, fit
 
@@ -57,13 +63,12 @@ def train_and_evaluate(features: Path, model_name: str, cfg: TrainConfig, out: P
     evaluations = spec.evaluations(data.modalities)
     if world.is_main:
         _start(out, cfg)
-    precision = autocast_dtype(cfg.precision)
     logger = (_Live(out / "dvclive", resume=(out / "checkpoint.pt").is_file())
               if live and world.is_main else None)
 
     def on_epoch(epoch: int, means: dict[str, float]) -> None:
         if logger is not None:
-            logger.log(epoch, means, _cheap_accuracy(model, data, evaluations, precision))
+            logger.log(epoch, means, _cheap_accuracy(model, data, evaluations, cfg))
 
     history = fit(model, data, _settings(cfg, device), checkpoint=out / "checkpoint.pt",
                   fingerprint=_fingerprint(features, model_name, cfg), on_epoch=on_epoch,
@@ -105,13 +110,12 @@ def train_and_evaluate_stacked(features: list[Path], model_name: str, cfg: Train
     evaluations = spec.evaluations(datas[0].modalities)
     for out in outs:
         _start(out, cfg)
-    precision = autocast_dtype(cfg.precision)
     loggers = [_Live(out / "dvclive", resume=False) for out in outs] if live else []
 
     def on_epoch(run: int, epoch: int, means: dict[str, float]) -> None:
         if loggers:
             loggers[run].log(epoch, means,
-                             _cheap_accuracy(models[run], datas[run], evaluations, precision))
+                             _cheap_accuracy(models[run], datas[run], evaluations, cfg))
 
     histories = fit_stacked(
         models, datas, _settings(cfg, device), progress=progress, names=[str(f) for f in features],
@@ -153,7 +157,9 @@ def _shape(data_file: FeatureSet) -> tuple[tuple[tuple[str, int], ...], int]:
 def _build(model_name: str, data: TrialData, cfg: TrainConfig,
            device: torch.device) -> nn.Module:
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
-    return build_model(model_name, data.dims, len(data.categories), cfg).to(device)
+    share = len(data.labelled) / (len(data.labelled) + len(data.unlabelled))
+    return build_model(model_name, data.dims, len(data.categories), cfg,
+                       labelled_share=share).to(device)
 
 
 def _settings(cfg: TrainConfig, device: torch.device) -> FitSettings:
@@ -174,26 +180,31 @@ def _start(out: Path, cfg: TrainConfig) -> None:
 
 
 def _cheap_accuracy(model: nn.Module, data: TrialData, evaluations: list[Evaluation],
-                    precision: torch.dtype | None) -> dict[str, float]:
+                    cfg: TrainConfig) -> dict[str, float]:
     """Per-epoch test accuracy for the learning curves (iterative sampling left out)."""
     cheap = [e for e in evaluations if e.method != "iterative"]
-    return table_row(evaluate(model, data.test, cheap, data.scaler, iterative_steps=0,
-                              precision=precision), cheap)
+    return table_row(evaluate(model, data.test, cheap, data.scaler,
+                              PredictOptions.from_config(cfg), seed=cfg.seed,
+                              precision=autocast_dtype(cfg.precision)), cheap)
 
 
 def _metrics(model: nn.Module, data: TrialData, data_file: FeatureSet, features: Path,
              model_name: str, cfg: TrainConfig, evaluations: list[Evaluation],
              history: list[dict[str, float]]) -> dict[str, Any]:
     """The final evaluation of a trained model: what `metrics.json` holds."""
-    results = evaluate(model, data.test, evaluations, data.scaler,
-                       iterative_steps=cfg.iterative_steps, seed=cfg.seed,
-                       precision=autocast_dtype(cfg.precision))
+    by_option = evaluate_options(model, data.test, evaluations, data.scaler, cfg,
+                                 seed=cfg.seed, precision=autocast_dtype(cfg.precision))
+    results: dict[str, dict[str, float]] = {}
+    for e in evaluations:  # the configured options: Table 1's numbers
+        results.setdefault(e.method, {})[e.key] = by_option[e.method][
+            option_name(model, e, cfg)][e.key]
     metrics: dict[str, Any] = {"model": model_name, "accuracy": table_row(results, evaluations)}
     if "iterative" in results:
         # Table 1's iterative-sampling row: joint input needs no sampling.
         metrics["accuracy_iterative"] = results["iterative"] | results["joint"]
     metrics |= {
         "accuracy_by_method": results,
+        "accuracy_by_option": by_option,
         "epochs": len(history),
         "final_loss": history[-1]["loss"] if history else None,
         "n_labelled": len(data.labelled), "n_unlabelled": len(data.unlabelled),

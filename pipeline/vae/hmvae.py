@@ -7,15 +7,18 @@ Labelled bound (1): L = E_q[ log p(x|a) + log p(w|a) + log p(a|z,y) - log q(a|x,
 Unlabelled (2), objective (3): see `objective.py`; q(y|x,w) = E_q(a|x,w)[q(y|a)].
 
 SS-HMVAE-kl (4) adds one encoder per modality, q(a|x) and q(a|w), and subtracts
-beta * mean over labelled and unlabelled examples of
+beta / (M + N) * the sum over D_L u D_U of
     KL(q(a|x,w) || q(a|x)) + KL(q(a|x,w) || q(a|w)),
-so that q(y|x) = E_q(a|x)[q(y|a)] classifies from one modality. The gradient of that term
-reaches both the joint and the unimodal encoders (as in JMVAE-kl); nothing else reaches the
+estimated from a labelled and an unlabelled batch, each batch mean weighted by its set's
+share of the training set (every example weighs the same, as in the paper), so that
+q(y|x) = E_q(a|x)[q(y|a)] classifies from one modality. The gradient of that term reaches
+both the joint and the unimodal encoders (as in JMVAE-kl); nothing else reaches the
 unimodal ones.
 
 A missing modality at test time is handled by zero-fill (the caller fills it), by the
 unimodal encoders (`method="unimodal"`, -kl only), or by iterative sampling (Appendix D,
-`impute`).
+`impute`). The classifier sits behind a: `classify(..., samples=S)` averages q(y|a) over S
+draws of a, `samples=0` uses q(y | E[a]).
 """
 
 from __future__ import annotations
@@ -32,12 +35,17 @@ from pipeline.vae.objective import (
     ObjectiveConfig,
     SemiSupervisedVAE,
     Tensors,
+    class_log_probs,
     kl_to_standard_normal,
     log_uniform_prior,
+    set_mean,
 )
+
+FILLS = ("mean", "sample")  # iterative sampling: the mean of p(x|a), or a draw from it
 
 
 class SSHMVAE(SemiSupervisedVAE):
+    latent_classifier = True
     def __init__(self, *, dims: Mapping[str, int], n_classes: int, objective: ObjectiveConfig,
                  hidden: int = 1024, a_dim: int = 1024, z_dim: int = 1024,
                  dropout: float = 0.5, likelihood: str = "gaussian") -> None:
@@ -85,32 +93,50 @@ class SSHMVAE(SemiSupervisedVAE):
         terms["log_p_y"] = log_uniform_prior(y)
         return terms
 
-    def classify(self, x: Tensors, method: str = "joint") -> torch.Tensor:
+    def q_y_a_logits(self, a: torch.Tensor) -> torch.Tensor:
+        return self.q_y_a_head(self.q_y_a(a=a))
+
+    def classify(self, x: Tensors, method: str = "joint", *, samples: int = 0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
         if method != "joint":
             raise ValueError(f"{type(self).__name__}: unknown method {method!r}")
-        return self.q_y_a_head(self.q_y_a(a=self.q_a(x).mean))
+        return class_log_probs(self.q_a(x), self.q_y_a_logits, samples=samples,
+                               generator=generator)
 
     @torch.no_grad()
     def impute(self, x: Tensors, missing: str, steps: int,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, fill: str = "mean") -> torch.Tensor:
         """Appendix D: fill modality `missing` by alternating q(a|x,w) and p(x|a).
 
         Starts from noise drawn like the scaled features (standard normal for the Gaussian
-        likelihood, uniform on [0, 1] for the Bernoulli one); each step samples a from
-        q(a|x,w) and sets the missing input to the mean of p(x|a).
+        likelihoods, uniform on [0, 1] for the Bernoulli one); each step samples a from
+        q(a|x,w) and sets the missing input to the mean of p(x|a) (`fill="mean"`) or to a
+        draw from it (`fill="sample"`, as Appendix D writes it).
         """
+        if fill not in FILLS:
+            raise ValueError(f"fill: expected one of {', '.join(FILLS)}, got {fill!r}")
         given = next(iter(x.values()))
         shape = (given.shape[0], self.dims[missing])
-        if self.likelihood == "gaussian":
-            fill = torch.randn(shape, generator=generator, device=given.device)
+        if self.likelihood == "bernoulli":
+            value = torch.rand(shape, generator=generator, device=given.device)
         else:
-            fill = torch.rand(shape, generator=generator, device=given.device)
+            value = torch.randn(shape, generator=generator, device=given.device)
         for _ in range(steps):
-            q_a = self.q_a({**x, missing: fill})
-            a = q_a.base_dist.loc + q_a.base_dist.scale * torch.randn(
-                q_a.base_dist.loc.shape, generator=generator, device=given.device)
-            fill = mean_of(self.p_x(missing, a)).to(given.dtype)
-        return fill
+            q_a = self.q_a({**x, missing: value})
+            a = draw(q_a, generator)
+            p_x = self.p_x(missing, a)
+            value = (mean_of(p_x) if fill == "mean" else draw(p_x, generator)).to(given.dtype)
+        return value
+
+
+def draw(dist: Independent, generator: torch.Generator | None) -> torch.Tensor:
+    """One sample of a Gaussian or Bernoulli head's output, from `generator`."""
+    base = dist.base_dist
+    if isinstance(base, Normal):
+        noise = torch.randn(base.loc.shape, generator=generator, device=base.loc.device)
+        return base.loc + base.scale * noise
+    probs = base.probs
+    return torch.bernoulli(probs, generator=generator)
 
 
 class SSHMVAEKL(SSHMVAE):
@@ -133,15 +159,18 @@ class SSHMVAEKL(SSHMVAE):
 
     def extra_objective(self, labelled: Batch, unlabelled: Batch, labelled_ctx: Tensors,
                         unlabelled_ctx: Tensors) -> Tensors:
-        # eq. (4): - beta / (M + N) * J_div, estimated on the two batches together.
-        div = torch.cat([self.divergence(labelled.x, labelled_ctx),
-                         self.divergence(unlabelled.x, unlabelled_ctx)])
-        return {"-beta*kl_a": -self.objective.beta * div.mean()}
+        # eq. (4): - beta / (M + N) * J_div, each set's batch mean weighted by its share
+        div = set_mean(self.divergence(labelled.x, labelled_ctx),
+                       self.divergence(unlabelled.x, unlabelled_ctx),
+                       self.objective.labelled_share)
+        return {"-beta*kl_a": -self.objective.beta * div}
 
-    def classify(self, x: Tensors, method: str = "joint") -> torch.Tensor:
+    def classify(self, x: Tensors, method: str = "joint", *, samples: int = 0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
         if method == "unimodal":
             if len(x) != 1:
                 raise ValueError(f"unimodal classification takes one modality, got {list(x)}")
             (m, xm), = x.items()
-            return self.q_y_a_head(self.q_y_a(a=self.q_a_unimodal(m, xm).mean))
-        return super().classify(x, method)
+            return class_log_probs(self.q_a_unimodal(m, xm), self.q_y_a_logits,
+                                   samples=samples, generator=generator)
+        return super().classify(x, method, samples=samples, generator=generator)

@@ -6,7 +6,12 @@
 - `GaussianHead`: `N(f_mu(h), diag(Softplus(f_sigma2(h))))`, returned as a
   `torch.distributions.Independent(Normal)` so log-densities and KLs come from torch.
 - `CategoricalHead`: logits of a categorical, with the dropout of q(y|a).
-- `LikelihoodHead`: p(x|.) for a 4096-d feature vector, Gaussian or Bernoulli.
+- `LikelihoodHead`: p(x|.) for a 4096-d feature vector: Gaussian with a learned variance,
+  Gaussian with unit variance (Appendix C gives p(x|a) only an f_mu), or Bernoulli.
+
+Every head's output layer runs in fp32 with autocast off, so that under bf16 autocast only
+the hidden layers are rounded: a bf16 decoder mean is off by ~0.4 %, which a variance as
+small as 1e-3 turns into a large error in log p(x|.), summed over 4096 dimensions.
 """
 
 from __future__ import annotations
@@ -55,6 +60,12 @@ class Trunk(nn.Module):
         return self.tail(h)
 
 
+def fp32(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """`layer(h)` in fp32 whatever the autocast state (an output head)."""
+    with torch.autocast(h.device.type, enabled=False):
+        return layer(h.float())
+
+
 class GaussianHead(nn.Module):
     """Appendix B: mu = f_mu(h), sigma^2 = Softplus(f_sigma2(h)); a diagonal Gaussian."""
 
@@ -66,10 +77,21 @@ class GaussianHead(nn.Module):
         self.min_variance = min_variance
 
     def forward(self, h: torch.Tensor) -> Independent:
-        # Densities are evaluated in fp32 even under bf16 autocast: they sum 4096 terms.
-        mu = self.f_mu(h).float()
-        variance = nn.functional.softplus(self.f_sigma2(h).float()) + self.min_variance
+        mu = fp32(self.f_mu, h)
+        variance = nn.functional.softplus(fp32(self.f_sigma2, h)) + self.min_variance
         return Independent(Normal(mu, variance.sqrt()), 1)
+
+
+class UnitVarianceGaussianHead(nn.Module):
+    """N(f_mu(h), I): the mean-only decoder of Appendix C, on standardised features."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.f_mu = nn.Linear(in_features, out_features)
+
+    def forward(self, h: torch.Tensor) -> Independent:
+        mu = fp32(self.f_mu, h)
+        return Independent(Normal(mu, torch.ones_like(mu)), 1)
 
 
 class CategoricalHead(nn.Module):
@@ -80,29 +102,41 @@ class CategoricalHead(nn.Module):
         self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, n_classes))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.net(h).float()
+        return fp32(self.net, h)
+
+
+class BernoulliHead(nn.Module):
+    """B(Sigmoid(f_mu(h))), scored on rescaled features in [0, 1] (soft targets)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.f_mu = nn.Linear(in_features, out_features)
+
+    def forward(self, h: torch.Tensor) -> Independent:
+        logits = fp32(self.f_mu, h)
+        return Independent(Bernoulli(logits=logits, validate_args=False), 1)
+
+
+LIKELIHOOD_HEADS = {
+    "gaussian": lambda i, o: GaussianHead(i, o, min_variance=DECODER_MIN_VARIANCE),
+    "gaussian_fixed": UnitVarianceGaussianHead,
+    "bernoulli": BernoulliHead,
+}
 
 
 class LikelihoodHead(nn.Module):
-    """p(x|.) of a feature vector: Gaussian (standardised features) or Bernoulli (in [0, 1])."""
+    """p(x|.) of a feature vector, by `train.likelihood` (`LIKELIHOOD_HEADS`)."""
 
     def __init__(self, in_features: int, out_features: int, kind: str) -> None:
         super().__init__()
-        if kind not in ("gaussian", "bernoulli"):
-            raise ValueError(f"likelihood: expected 'gaussian' or 'bernoulli', got {kind!r}")
+        if kind not in LIKELIHOOD_HEADS:
+            raise ValueError(f"likelihood: expected one of {', '.join(LIKELIHOOD_HEADS)}, "
+                             f"got {kind!r}")
         self.kind = kind
-        if kind == "gaussian":
-            self.head: nn.Module = GaussianHead(in_features, out_features,
-                                                min_variance=DECODER_MIN_VARIANCE)
-        else:
-            self.head = nn.Linear(in_features, out_features)
+        self.head = LIKELIHOOD_HEADS[kind](in_features, out_features)
 
     def forward(self, h: torch.Tensor) -> Independent:
-        if self.kind == "gaussian":
-            return self.head(h)
-        # Bernoulli scored on rescaled features in [0, 1] (soft targets): no value check.
-        logits = self.head(h).float()
-        return Independent(Bernoulli(logits=logits, validate_args=False), 1)
+        return self.head(h)
 
 
 def mean_of(dist: Independent) -> torch.Tensor:

@@ -54,8 +54,10 @@ class MVAE(SemiSupervisedVAE):
         terms["log_p_y"] = log_uniform_prior(y)
         return terms
 
-    def classify(self, x: Tensors, method: str = "joint") -> torch.Tensor:
+    def classify(self, x: Tensors, method: str = "joint", *, samples: int = 0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        # q(y|x) has no latent in front of it: nothing to average over
         if method != "joint":
             raise ValueError(f"{type(self).__name__} classifies from all its inputs only; "
                              f"got method {method!r}")
-        return self.encode(x)["logits"]
+        return torch.log_softmax(self.encode(x)["logits"], -1)

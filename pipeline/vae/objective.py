@@ -19,6 +19,7 @@ expectation is summed over every class exactly. The loss returned is -J.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +46,9 @@ class ObjectiveConfig:
 
     alpha: float = 1.0  # eq. (3)
     beta: float = 1.0  # eq. (4), SS-HMVAE-kl only
+    # N / (N + M), the labelled set's share of D_L u D_U: eq. (4) weighs every training
+    # example the same, so its labelled batch mean gets this weight (set from the data)
+    labelled_share: float = 0.5
     unlabeled_y: str = "gumbel"  # "gumbel" (the paper) or "enumerate"
     temperature: float = 0.1  # Gumbel-softmax temperature
 
@@ -77,11 +81,36 @@ def one_hot(y: torch.Tensor, n_classes: int) -> torch.Tensor:
     return nn.functional.one_hot(y, n_classes).float()
 
 
+def set_mean(labelled: torch.Tensor, unlabelled: torch.Tensor, labelled_share: float
+             ) -> torch.Tensor:
+    """Unbiased estimate of the mean over D_L u D_U from one batch of each set."""
+    return labelled_share * labelled.mean() + (1 - labelled_share) * unlabelled.mean()
+
+
+def class_log_probs(q_a: Independent, classifier: Callable[[torch.Tensor], torch.Tensor], *,
+                    samples: int = 0, generator: torch.Generator | None = None
+                    ) -> torch.Tensor:
+    """log q(y|x) = log E_q(a|x)[q(y|a)] for a classifier behind the latent a.
+
+    samples = 0: the posterior-mean shortcut q(y | E[a]); samples = S: the Monte-Carlo
+    average of the class probabilities over S draws of a (the paper's definition).
+    """
+    if samples == 0:
+        return torch.log_softmax(classifier(q_a.mean), -1)
+    loc, scale = q_a.base_dist.loc, q_a.base_dist.scale
+    probs = 0.0
+    for _ in range(samples):
+        eps = torch.randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+        probs = probs + torch.softmax(classifier(loc + scale * eps), -1)
+    return torch.log(probs / samples)
+
+
 class SemiSupervisedVAE(nn.Module):
     """Base class: the bound of eq. (3) from a model's `encode` and `elbo_terms`."""
 
     modalities: list[str]
     n_classes: int
+    latent_classifier = False  # True where q(y|.) sits behind a latent (samples apply)
 
     def __init__(self, objective: ObjectiveConfig) -> None:
         super().__init__()
@@ -155,6 +184,8 @@ class SemiSupervisedVAE(nn.Module):
                    "classifier/log_q_y": classifier.detach()}
         return -objective, logged
 
-    def classify(self, x: Tensors, method: str = "joint") -> torch.Tensor:
-        """Class logits from the given modalities (eval mode)."""
+    def classify(self, x: Tensors, method: str = "joint", *, samples: int = 0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Class log-probabilities from the given modalities (eval mode); `samples`: draws
+        of the latent averaged over where the classifier sits behind one (`class_log_probs`)."""
         raise NotImplementedError

@@ -5,8 +5,9 @@ Inference model:   q(a | x),  q(y | a, x),  q(z | a, y, x).
 Labelled bound:    L = E_q[ log p(x|a,z,y) + log p(a|z,y) - log q(a|x) ] + log p(y)
                        - KL(q(z|a,y,x) || p(z)).
 
-The auxiliary a is sampled before y, so the classifier q(y|a,x) sees it; at test time the
-mean of q(a|x) is used.
+The auxiliary a is sampled before y, so the classifier q(y|a,x) sees it; at test time
+q(y|x) = E_q(a|x)[q(y|a,x)], averaged over `samples` draws of a, or q(y | E[a], x) with
+samples = 0 (Maaløe et al. average 100 draws).
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from pipeline.vae.objective import (
     ObjectiveConfig,
     SemiSupervisedVAE,
     Tensors,
+    class_log_probs,
     kl_to_standard_normal,
     log_uniform_prior,
 )
 
 
 class SDGM(SemiSupervisedVAE):
+    latent_classifier = True
     def __init__(self, *, dims: Mapping[str, int], n_classes: int, objective: ObjectiveConfig,
                  hidden: int = 1024, a_dim: int = 1024, z_dim: int = 1024,
                  dropout: float = 0.5, likelihood: str = "gaussian") -> None:
@@ -66,8 +69,11 @@ class SDGM(SemiSupervisedVAE):
             "log_p_y": log_uniform_prior(y),
         }
 
-    def classify(self, x: Tensors, method: str = "joint") -> torch.Tensor:
+    def classify(self, x: Tensors, method: str = "joint", *, samples: int = 0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
         if method != "joint":
             raise ValueError(f"SDGM classifies from its one input; got method {method!r}")
-        a = self.q_a_x_head(self.q_a_x(x=x[self.m])).mean
-        return self.q_y_ax_head(self.q_y_ax(a=a, x=x[self.m]))
+        xm = x[self.m]
+        return class_log_probs(self.q_a_x_head(self.q_a_x(x=xm)),
+                               lambda a: self.q_y_ax_head(self.q_y_ax(a=a, x=xm)),
+                               samples=samples, generator=generator)
