@@ -11,11 +11,12 @@ input beats depth alone.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-
-from pipeline.__main__ import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = str(ROOT / "params.yaml")
@@ -24,7 +25,11 @@ pytestmark = pytest.mark.slow
 
 
 def stage(*argv: str) -> None:
-    assert cli([*argv, "--params", PARAMS]) == 0, f"stage failed: {' '.join(argv)}"
+    """One stage in its own process (VGG16 fine-tuning holds gigabytes until it exits)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # as `make run`: one thread per stage
+    proc = subprocess.run([sys.executable, "-m", "pipeline", *argv, "--params", PARAMS],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, f"{' '.join(argv)}:\n{proc.stderr[-3000:]}"
 
 
 @pytest.fixture(scope="module")
