@@ -61,5 +61,5 @@ def test_unimodal_encoders_beat_zero_fill(features):
     kl = trained(features, "ss_hmvae_kl")
     hmvae = trained(features, "ss_hmvae")
     for modality in ("rgb", "depth"):
-        assert kl["unimodal"][modality] > hmvae["zero_fill"][modality] + 0.15, (kl, hmvae)
+        assert kl["unimodal"][modality] > hmvae["zero_fill"][modality] + 0.10, (kl, hmvae)
     assert kl["joint"]["rgb+depth"] > kl["unimodal"]["depth"] + 0.05, kl
