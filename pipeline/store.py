@@ -14,11 +14,12 @@ timestamps (`track_times=False`), so identical data gives identical bytes for DV
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import h5py
 import numpy as np
@@ -35,6 +36,25 @@ _CHECK_ROWS = 4096  # rows read at once when scanning a large dataset for NaN/in
 
 class StoreError(UserError):
     """A file does not hold what its schema promises; the message names the file."""
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _reader(function: _F) -> _F:
+    """Turn h5py's errors on a damaged file (half-written, overwritten) into a `StoreError`.
+
+    h5py reports broken metadata as `OSError`, `KeyError` or `RuntimeError` from whichever
+    access first meets it; the readers' first argument is always the file's path.
+    """
+    @functools.wraps(function)
+    def wrapper(path: str | Path, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(path, *args, **kwargs)
+        except (OSError, KeyError, RuntimeError) as err:
+            raise StoreError(f"{path}: damaged or half-written HDF5 file ({err}); run the "
+                             "stage that writes it again") from err
+    return wrapper  # type: ignore[return-value]
 
 
 @contextlib.contextmanager
@@ -63,8 +83,18 @@ def _strings(values: Sequence[str] | np.ndarray) -> np.ndarray:
     return np.asarray([str(v) for v in values], dtype=object)
 
 
-def _read_strings(ds: h5py.Dataset) -> np.ndarray:
+def _read_strings(ds: h5py.Dataset, path: Path | str) -> np.ndarray:
+    if h5py.check_string_dtype(ds.dtype) is None:
+        raise StoreError(f"{path}: dataset {ds.name.lstrip('/')!r} must hold strings, "
+                         f"got {ds.dtype}")
     return np.asarray(ds.asstr()[()], dtype=object)
+
+
+def _check_dtype(path: Path | str, name: str, ds: h5py.Dataset, kind: type) -> None:
+    """`kind` is np.integer or np.bool_; a float label must never be silently truncated."""
+    if not np.issubdtype(ds.dtype, kind):
+        expected = "integer" if kind is np.integer else "bool"
+        raise StoreError(f"{path}: dataset {name!r} must be {expected}, got {ds.dtype}")
 
 
 def _attr_list(value: Any) -> list[str]:
@@ -192,6 +222,7 @@ class FeaturesWriter:
         self._ctx.__exit__(exc_type, exc, tb)
 
 
+@_reader
 def validate_features(path: str | Path, *, require_labeled: bool = True) -> None:
     """Raise `StoreError` naming the file and the problem; return quietly if sound."""
     with _open(path, FEATURES_SCHEMA) as f:
@@ -206,6 +237,7 @@ def _validate_features_file(f: h5py.File, path: Path, *, require_labeled: bool) 
     if not categories:
         raise StoreError(f"{path}: attrs['categories'] is missing or empty")
     label = _require(f, "label", path)
+    _check_dtype(path, "label", label, np.integer)
     n = label.shape[0]
     for name in modalities:
         ds = _require(f, f"features/{name}", path)
@@ -223,6 +255,7 @@ def _validate_features_file(f: h5py.File, path: Path, *, require_labeled: bool) 
             raise StoreError(f"{path}: dataset {name!r} must be bool, got {ds.dtype}")
     if "frame" in f:
         _check_length(path, "frame", f["frame"], n)
+        _read_strings(f["frame"], path)
     labels = label[()]
     if labels.size and (labels.min() < 0 or labels.max() >= len(categories)):
         raise StoreError(f"{path}: /label values must lie in [0, {len(categories)}), "
@@ -238,6 +271,7 @@ def _validate_features_file(f: h5py.File, path: Path, *, require_labeled: bool) 
         raise StoreError(f"{path}: no test example (/is_test is all false)")
 
 
+@_reader
 def read_features(path: str | Path, *, require_labeled: bool = True) -> FeatureSet:
     """Validate and load a features file."""
     path = Path(path)
@@ -252,7 +286,7 @@ def read_features(path: str | Path, *, require_labeled: bool = True) -> FeatureS
             is_test=f["is_test"][()],
             is_labeled=f["is_labeled"][()],
             categories=_attr_list(f.attrs["categories"]),
-            frame=_read_strings(f["frame"]) if "frame" in f else None,
+            frame=_read_strings(f["frame"], path) if "frame" in f else None,
             attrs=attrs,
         )
 
@@ -328,6 +362,19 @@ class ImagesWriter:
             f[name][start:stop] = block
         self._n = stop
 
+    def drop_unused_categories(self) -> list[str]:
+        """Keep only the categories some written frame has, relabel; return the kept ones."""
+        f = self._file
+        categories = _attr_list(f.attrs["categories"])
+        labels = f["label"][()]
+        if labels.size == 0:
+            return categories
+        used = np.unique(labels)
+        f["label"][:] = np.searchsorted(used, labels)
+        kept = [categories[i] for i in used]
+        f.attrs["categories"] = kept
+        return kept
+
     def close(self) -> None:
         self._ctx.__exit__(None, None, None)
 
@@ -338,11 +385,13 @@ class ImagesWriter:
         self._ctx.__exit__(exc_type, exc, tb)
 
 
+@_reader
 def read_images_index(path: str | Path) -> ImagesIndex:
     """Validate an images file and read everything but its pixels."""
     path = Path(path)
     with _open(path, IMAGES_SCHEMA) as f:
         label = _require(f, "label", path)
+        _check_dtype(path, "label", label, np.integer)
         n = label.shape[0]
         size = int(f.attrs.get("size", -1))
         for name in ("rgb", "depth"):
@@ -353,13 +402,15 @@ def read_images_index(path: str | Path) -> ImagesIndex:
             _check_length(path, name, ds, n)
         for name in ("frame", "instance", "video", "index"):
             _check_length(path, name, _require(f, name, path), n)
+        for name in ("video", "index"):
+            _check_dtype(path, name, f[name], np.integer)
         categories = _attr_list(f.attrs.get("categories", []))
         labels = label[()]
         if labels.size and (labels.min() < 0 or labels.max() >= len(categories)):
             raise StoreError(f"{path}: /label values must lie in [0, {len(categories)})")
         attrs = {k: v for k, v in f.attrs.items() if k not in ("categories", "size")}
-        return ImagesIndex(label=labels.astype(np.int64), frame=_read_strings(f["frame"]),
-                           instance=_read_strings(f["instance"]), video=f["video"][()],
+        return ImagesIndex(label=labels.astype(np.int64), frame=_read_strings(f["frame"], path),
+                           instance=_read_strings(f["instance"], path), video=f["video"][()],
                            index=f["index"][()], categories=categories, size=size, attrs=attrs)
 
 
@@ -401,12 +452,13 @@ def write_splits(path: str | Path, *, frames: Sequence[str], splits: Sequence[Tr
     read_split(path, splits[0].trial)
 
 
+@_reader
 def read_split(path: str | Path, trial: int,
                frames: Sequence[str] | np.ndarray | None = None) -> TrialSplit:
     """Read trial `trial`; with `frames` (the images file's), check the rows line up."""
     path = Path(path)
     with _open(path, SPLITS_SCHEMA) as f:
-        stored = _read_strings(_require(f, "frame", path))
+        stored = _read_strings(_require(f, "frame", path), path)
         if frames is not None and (len(frames) != len(stored)
                                    or not np.array_equal(np.asarray(frames, object), stored)):
             raise StoreError(f"{path}: its frames do not match the images file row by row; "
@@ -416,6 +468,9 @@ def read_split(path: str | Path, trial: int,
             trials = ", ".join(str(t) for t in np.atleast_1d(f.attrs.get("trials", [])))
             raise StoreError(f"{path}: no trial {trial}; the file holds trials {trials}")
         group = f[group_name]
+        for name in ("is_test", "is_labeled"):
+            _check_dtype(path, f"{group_name}/{name}", _require(f, f"{group_name}/{name}", path),
+                         np.bool_)
         split = TrialSplit(
             trial=int(trial),
             is_test=_require(f, f"{group_name}/is_test", path)[()],
@@ -433,6 +488,7 @@ def read_split(path: str | Path, trial: int,
 # --------------------------------------------------------------------------- inspect
 
 
+@_reader
 def describe(path: str | Path) -> str:
     """A human-readable summary of any of the project's HDF5 files."""
     path = Path(path)

@@ -19,7 +19,9 @@ from pipeline.images import (
     process_frame,
     read_depth,
     square,
+    square_depth,
 )
+from pipeline.rgbd.layout import index_frames
 from pipeline.store import read_images_index
 
 
@@ -164,3 +166,85 @@ def test_dataset_in_parallel_matches_serial_and_streams(tiny_raw, tmp_path):
     assert set(index.video) == {1, 2, 4}
     for label, instance in zip(index.label, index.instance, strict=True):
         assert instance.rsplit("_", 1)[0] == index.categories[label]
+
+
+def _jet_codes() -> np.ndarray:
+    colours = jet(np.arange(256, dtype=np.uint8)[None]).reshape(-1, 3).astype(np.int64)
+    return (colours[:, 0] << 16) | (colours[:, 1] << 8) | colours[:, 2]
+
+
+def off_jet_share(image: np.ndarray) -> float:
+    """The share of pixels whose colour is none of jet's 256 colours."""
+    pixels = image.reshape(-1, 3).astype(np.int64)
+    codes = (pixels[:, 0] << 16) | (pixels[:, 1] << 8) | pixels[:, 2]
+    return float(np.mean(~np.isin(codes, _jet_codes())))
+
+
+@pytest.mark.parametrize("size", [148, 32])
+def test_every_depth_pixel_is_on_the_jet_scale(real_frames, tiny_raw, size):
+    real = real_frames / "apple" / "apple_1"
+    pairs = [(real / f"apple_1_1_{k}_crop.png", real / f"apple_1_1_{k}_depthcrop.png")
+             for k in (1, 6)]
+    pairs += [(f.files["rgb"], f.files["depth"]) for f in index_frames(tiny_raw).frames[:6]]
+    for rgb_path, depth_path in pairs:
+        _, coloured = process_frame(rgb_path, depth_path, size)
+        assert off_jet_share(coloured) == 0.0, depth_path.name
+
+
+@pytest.mark.parametrize("size", [15, 90])  # area averaging down, bilinear up
+def test_depth_is_resized_without_blending_in_holes(size):
+    depth = np.zeros((40, 30), np.uint16)
+    depth[:, 12:] = 1000 + 10 * np.arange(18)  # a slope beside a hole, as at an object's edge
+    out = square_depth(depth, size)
+    assert out.shape == (size, size) and out.dtype == np.float32
+    valid = out[out > 0]
+    assert valid.min() >= 1000 - 1e-3 and valid.max() <= 1170 + 1e-3  # no value towards 0
+    assert (out[:, : size // 5] == 0).all()  # the hole is still a hole, filled later
+    assert colourise_depth(out).shape == (size, size, 3)
+
+
+def test_hidden_and_misplaced_files_are_never_frames(tiny_raw, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_raw, raw)
+    clean = index_frames(raw)
+    first = clean.frames[0]
+    rgb, depth = first.files["rgb"], first.files["depth"]
+    category, instance = rgb.parent.parent.name, rgb.parent.name
+    root = rgb.parents[2]
+    for path in (rgb, depth):  # macOS resource forks, beside the frames and in __MACOSX
+        shutil.copy(path, path.with_name("._" + path.name))
+        mac = root / "__MACOSX" / category / instance
+        mac.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, mac / path.name)
+        # what a killed download leaves: a whole category in the hidden staging folder
+        staged = root / ".extracting" / "zebra" / "zebra_1"
+        staged.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, staged / path.name.replace(instance, "zebra_1"))
+        # a frame of one instance in another instance's folder
+        other = root / category / f"{category}_2"
+        shutil.copy(path, other / path.name.replace(f"{instance}_", f"{category}_9_"))
+    index = index_frames(raw)
+    assert index.categories == clean.categories
+    assert [f.key for f in index.frames] == [f.key for f in clean.frames]
+    assert [f.files for f in index.frames] == [f.files for f in clean.frames]
+    assert not any(".extracting" in str(p) or "__MACOSX" in str(p) for p in index.ignored)
+    report = preprocess_dataset(raw, tmp_path / "images.h5", size=16, workers=1)
+    assert report.written == len(clean.frames) and report.categories == clean.categories
+
+
+def test_categories_come_from_the_frames_written(tiny_raw, tmp_path):
+    _bad_copy(tiny_raw, tmp_path)
+    index = index_frames(tmp_path / "raw")
+    victim = index.categories[0]  # the first: every later label would shift
+    for frame in index.frames:
+        if frame.name.category == victim:
+            frame.files["depth"].unlink()
+    out = tmp_path / "images.h5"
+    report = preprocess_dataset(tmp_path / "raw", out, size=16, workers=1,
+                                max_skip_fraction=0.5)
+    images = read_images_index(out)
+    assert images.categories == report.categories == index.categories[1:]
+    assert report.empty_categories == [victim]
+    assert sorted(set(images.label.tolist())) == list(range(len(images.categories)))
+    for label, instance in zip(images.label, images.instance, strict=True):
+        assert instance.rsplit("_", 1)[0] == images.categories[label]

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from pipeline.__main__ import main as cli
+from pipeline.rgbd.download import download_dataset, extract_zip
 from pipeline.rgbd.splits import TrialsError, format_trials, make_split, make_splits, parse_trials
-from pipeline.store import read_images_index, read_split
+from pipeline.store import ImagesWriter, read_images_index, read_split
 
 TEXT = """****** trial 1 ******
 apple_2
@@ -107,3 +108,65 @@ def test_stage_errors_are_one_line(tmp_path, capsys):
     code = cli(["preprocess", "--params", str(tmp_path / "params.yaml"), "--raw",
                 str(tmp_path / "nothing"), "--out", str(tmp_path / "i.h5"), "--no-progress"])
     assert code == 2 and "dataset folder not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("trial", "message"), [
+    (["apple_1"], r"trial 1 holds out 0 instances of 'cell_phone' \(none\)"),
+    (["apple_1", "apple_2"], r"trial 1 holds out 2 instances of 'apple' "
+                             r"\(apple_1, apple_2\)"),
+    (["apple_1", "cell_phone_1", "cell_phone_1"], "trial 1 holds out 2 instances of 'cell_phone'"),
+    ([], "trial 1 lists no instance"),
+])
+def test_each_trial_holds_out_one_instance_per_category(trial, message):
+    instance, label = frames(2)
+    with pytest.raises(TrialsError, match=r"ids\.txt: " + message):
+        make_splits({1: trial}, [1], instance=instance, label=label, labeled_fraction=0.05,
+                    seed=0, source="ids.txt")
+
+
+def test_a_category_s_only_instance_cannot_be_held_out():
+    instance, label = frames(2)
+    keep = ~np.isin(instance, ["apple_2", "apple_3"])  # apple_1 is the only apple left
+    instance, label = instance[keep], label[keep]
+    with pytest.raises(TrialsError, match=r"ids\.txt: trial 4 holds out apple_1, the only "
+                                          "instance of 'apple'"):
+        make_splits({4: ["apple_1", "cell_phone_2"]}, [4], instance=instance, label=label,
+                    labeled_fraction=0.05, seed=0, source="ids.txt")
+
+
+def test_split_stage_names_the_trials_file_and_trial(tmp_path, capsys):
+    instance, label = frames(1)
+    images = tmp_path / "images.h5"
+    with ImagesWriter(images, size=4, categories=["apple", "cell_phone"]) as writer:
+        n = len(instance)
+        writer.append(rgb=np.zeros((n, 4, 4, 3), np.uint8), depth=np.zeros((n, 4, 4, 3), np.uint8),
+                      label=label.tolist(), frame=[f"{i}_1_1" for i in instance],
+                      instance=instance.tolist(), video=[1] * n, index=[1] * n)
+    ids = tmp_path / "ids.txt"
+    ids.write_text(format_trials({1: ["apple_1", "cell_phone_1"], 2: ["apple_1", "apple_2"]}))
+    (tmp_path / "params.yaml").write_text("profile: paper\n")
+    code = cli(["split", "--params", str(tmp_path / "params.yaml"), "--images", str(images),
+                "--trials-file", str(ids), "--out", str(tmp_path / "s.h5"),
+                "--set", "split.trials=[1, 2]"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert f"{ids}: trial 2 holds out 2 instances of 'apple'" in err
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_preprocess_refuses_a_folder_the_download_did_not_finish(tiny_archive, tmp_path,
+                                                                 capsys):
+    archive, trials = tiny_archive
+    raw, params = tmp_path / "raw", tmp_path / "params.yaml"
+    params.write_text("profile: paper\n")
+    extract_zip(archive, raw)  # every frame there, but not by the download stage
+    argv = ["preprocess", "--params", str(params), "--raw", str(raw), "--out",
+            str(tmp_path / "images.h5"), "--no-progress", "--set", "preprocess.size=16",
+            "--set", "preprocess.workers=1"]
+    code = cli(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"{raw}: not a complete download" in err
+    assert not (tmp_path / "images.h5").exists()
+    download_dataset(raw, url=str(archive), splits_url=str(trials), cache=tmp_path / "cache",
+                     progress=False)
+    assert cli(argv) == 0 and (tmp_path / "images.h5").is_file()

@@ -151,3 +151,92 @@ def test_inspect_command(tmp_path, capsys):
     assert "labelled 4" in out and "test 5" in out
     assert cli(["inspect", str(tmp_path / "missing.h5")]) == 2
     assert "file not found" in capsys.readouterr().err
+
+
+def images_file(path, n: int = 4):
+    with ImagesWriter(path, size=4, categories=["a", "b"]) as writer:
+        writer.append(rgb=np.zeros((n, 4, 4, 3), np.uint8), depth=np.zeros((n, 4, 4, 3), np.uint8),
+                      label=[i % 2 for i in range(n)], frame=[f"a_1_1_{i}" for i in range(n)],
+                      instance=["a_1"] * n, video=[1] * n, index=list(range(n)))
+    return path
+
+
+def replace_dataset(path, name, value):
+    with h5py.File(path, "a") as f:
+        del f[name]
+        f[name] = value
+
+
+def one_line_error(capsys, argv) -> str:
+    code = cli(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+    return err
+
+
+@pytest.mark.parametrize("name", ["frame", "instance"])
+def test_integer_names_in_an_images_file_are_a_clear_error(tmp_path, capsys, name):
+    path = images_file(tmp_path / "images.h5")
+    replace_dataset(path, name, np.arange(4))
+    with pytest.raises(StoreError, match=rf"images\.h5: dataset '{name}' must hold strings, "
+                                         r"got int64"):
+        read_images_index(path)
+    assert f"dataset '{name}' must hold strings" in one_line_error(capsys, ["inspect", str(path)])
+    (tmp_path / "params.yaml").write_text("profile: paper\n")
+    err = one_line_error(capsys, ["split", "--params", str(tmp_path / "params.yaml"),
+                                  "--images", str(path), "--out", str(tmp_path / "s.h5")])
+    assert f"images.h5: dataset '{name}' must hold strings" in err
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_integer_frames_in_a_splits_file_are_a_clear_error(tmp_path, capsys):
+    path = tmp_path / "splits.h5"
+    write_splits(path, frames=["a_1_1_1", "a_2_1_1"],
+                 splits=[TrialSplit(1, np.array([1, 0], bool), np.array([0, 1], bool), ["a_1"])])
+    replace_dataset(path, "frame", np.arange(2))
+    with pytest.raises(StoreError, match=r"splits\.h5: dataset 'frame' must hold strings"):
+        read_split(path, 1)
+    assert "splits.h5: dataset 'frame'" in one_line_error(capsys, ["inspect", str(path)])
+
+
+def half_written(path):
+    """The file's second half zeroed: its length is right, its metadata is not all there."""
+    data = bytearray(path.read_bytes())
+    half = len(data) // 2
+    data[half:] = bytes(len(data) - half)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_half_written_files_are_a_clear_error(tmp_path, capsys):
+    images = half_written(images_file(tmp_path / "images.h5"))
+    features = tmp_path / "trial-1.h5"
+    write_features(features, feature_set())
+    half_written(features)
+    splits = tmp_path / "splits.h5"
+    write_splits(splits, frames=["a_1_1_1", "a_2_1_1"],
+                 splits=[TrialSplit(1, np.array([1, 0], bool), np.array([0, 1], bool), ["a_1"])])
+    half_written(splits)
+    for path in (images, features, splits):
+        err = one_line_error(capsys, ["inspect", str(path)])
+        assert f"{path}: damaged or half-written HDF5 file" in err
+    with pytest.raises(StoreError, match=r"trial-1\.h5: damaged or half-written"):
+        read_features(features)
+    (tmp_path / "params.yaml").write_text("profile: paper\n")
+    err = one_line_error(capsys, ["split", "--params", str(tmp_path / "params.yaml"),
+                                  "--images", str(images), "--out", str(tmp_path / "s.h5")])
+    assert "images.h5: damaged or half-written" in err
+
+
+def test_float_labels_are_refused_not_truncated(tmp_path):
+    path = tmp_path / "trial-1.h5"
+    data = feature_set()
+    write_features(path, data)
+    replace_dataset(path, "label", data.label + 0.7)  # 2.7 would be read as class 2
+    with pytest.raises(StoreError, match=r"trial-1\.h5: dataset 'label' must be integer, "
+                                         r"got float64"):
+        read_features(path)
+    images = images_file(tmp_path / "images.h5")
+    replace_dataset(images, "label", np.array([0.0, 1.5, 0.0, 1.0]))
+    with pytest.raises(StoreError, match="dataset 'label' must be integer"):
+        read_images_index(images)

@@ -3,8 +3,12 @@
 `fetch` takes an http(s) URL, a `file://` URL or a plain path (clusters without internet
 copy the archive somewhere first). HTTP downloads go to `<name>.partial`, resume with a Range
 request after a broken connection (and on the next run), retry with exponential back-off,
-and are renamed into place only when the size (and the SHA-256, when given) match.
-`extract_zip` refuses members that would land outside the target folder.
+and are renamed into place only when the size (and the SHA-256, when given) match and the
+content checks out (no HTML page; a readable zip, a parsable trials file). Cached files are
+checked again on every run against these and against `<file>.source.json`, the record of the
+URL each came from. `extract_zip` refuses members that would land outside the target folder
+and swaps the new tree in whole. `download_dataset` writes the completion marker
+`.download.json` last; `preprocess` reads no folder without it.
 """
 
 from __future__ import annotations
@@ -16,17 +20,21 @@ import os
 import shutil
 import socket
 import stat
+import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
 from pipeline.errors import UserError
+from pipeline.rgbd.layout import ARCHIVE_ROOT, MARKER, frame_file
+from pipeline.rgbd.splits import check_trials, read_trials
 
 CHUNK = 1 << 20
 _TRANSIENT = (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout,
@@ -54,10 +62,17 @@ def local_path(source: str) -> Path:
 
 
 def fetch(source: str, dest: str | Path, *, size: int = 0, sha256: str = "", retries: int = 5,
-          timeout_s: float = 60.0, backoff_s: float = 1.0, progress: bool = True) -> bool:
-    """Make `dest` a complete copy of `source`; False if it already was (nothing done)."""
+          timeout_s: float = 60.0, backoff_s: float = 1.0, progress: bool = True,
+          check: Callable[[Path], None] | None = None) -> bool:
+    """Make `dest` a complete copy of `source`; False if it already was (nothing done).
+
+    `dest` is reused only when it passes its checks on this run: `size`, `sha256`, `check`
+    (the content, e.g. a readable zip) and its origin record `<dest>.source.json` (fetched
+    from this `source`, unchanged since). A file placed by hand has no record and is used
+    when the checks pass. Anything else is fetched again.
+    """
     dest = Path(dest)
-    if dest.is_file() and (size == 0 or dest.stat().st_size == size):
+    if _reusable(source, dest, size=size, sha256=sha256, check=check):
         return False
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".partial")
@@ -69,22 +84,88 @@ def fetch(source: str, dest: str | Path, *, size: int = 0, sha256: str = "", ret
         if not path.is_file():
             raise DownloadError(f"{source}: file not found")
         shutil.copyfile(path, partial)
-    _verify(source, partial, size=size, sha256=sha256)
+    try:
+        digest = _verify(source, partial, size=size, sha256=sha256, check=check)
+    except UserError:
+        partial.unlink(missing_ok=True)  # never resumed: its bytes are wrong, not short
+        raise
+    _write_origin(dest, source, partial, digest)
     os.replace(partial, dest)
     return True
 
 
-def _verify(source: str, partial: Path, *, size: int, sha256: str) -> None:
-    got = partial.stat().st_size
+def _origin_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".source.json")
+
+
+def _write_origin(dest: Path, source: str, data: Path, digest: str, *,
+                  by_hand: bool = False) -> None:
+    record: dict[str, object] = {"source": source, "size": data.stat().st_size,
+                                 "sha256": digest}
+    if by_hand:
+        record["placed_by_hand"] = True
+    write_json(_origin_path(dest), record)
+
+
+def read_origin(dest: Path) -> dict[str, object] | None:
+    """What `<dest>.source.json` says about where `dest` came from; None if nothing."""
+    return _read_json(_origin_path(dest))
+
+
+def _reusable(source: str, dest: Path, *, size: int, sha256: str,
+              check: Callable[[Path], None] | None) -> bool:
+    if not dest.is_file():
+        return False
+    try:
+        digest = _verify(source, dest, size=size, sha256=sha256, check=check)
+    except UserError as err:
+        print(f"{dest}: fails its checks, fetching again ({err})", file=sys.stderr)
+        return False
+    origin = read_origin(dest)
+    if origin is None or origin.get("sha256") != digest:
+        # No record, or the file was replaced since: placed by hand, as the README allows.
+        _write_origin(dest, source, dest, digest, by_hand=True)
+        return True
+    if origin.get("source") != source:
+        print(f"{dest}: came from {origin.get('source')}, now wanted from {source}; "
+              "fetching again", file=sys.stderr)
+        return False
+    return True
+
+
+def _verify(source: str, data: Path, *, size: int, sha256: str,
+            check: Callable[[Path], None] | None = None) -> str:
+    """`data`'s SHA-256; `DownloadError` (or `check`'s error) unless it is what `source` is."""
+    got = data.stat().st_size
     if size and got != size:
-        partial.unlink()
         raise DownloadError(f"{source}: got {got} bytes, expected {size} (download.size)")
-    if sha256:
-        digest = file_sha256(partial)
-        if digest != sha256.lower():
-            partial.unlink()
-            raise DownloadError(f"{source}: SHA-256 is {digest}, expected {sha256} "
-                                "(download.sha256)")
+    digest = file_sha256(data)
+    if sha256 and digest != sha256.lower():
+        raise DownloadError(f"{source}: SHA-256 is {digest}, expected {sha256} "
+                            "(download.sha256)")
+    with data.open("rb") as f:
+        head = f.read(512).lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")):
+        raise DownloadError(f"{source}: got an HTML page, not the file (a login, error or "
+                            "moved page?); check the URL")
+    if check is not None:
+        check(data)
+    return digest
+
+
+def write_json(path: Path, value: object) -> None:
+    """Write JSON under a temporary name and rename it: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, object] | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def file_sha256(path: Path) -> str:
@@ -134,6 +215,9 @@ def _http_once(url: str, partial: Path, *, size: int, timeout_s: float, progress
             return True
         raise
     with response:
+        if response.headers.get_content_type() == "text/html":
+            raise DownloadError(f"{url}: the server sent an HTML page (Content-Type "
+                                "text/html), not the file; check the URL")
         resumed = response.status == 206
         if have and not resumed:  # the server ignored the Range header: start over
             have = 0
@@ -169,21 +253,41 @@ def _member_target(root: Path, info: zipfile.ZipInfo, archive: Path) -> Path:
     return target
 
 
+def _check_members(members: list[tuple[zipfile.ZipInfo, Path]], archive: Path) -> None:
+    """Refuse a name given twice, and a file that is also a folder of another member."""
+    files: dict[Path, str] = {}
+    for info, dest in members:
+        if not info.is_dir():
+            if dest in files:
+                raise ArchiveError(f"{archive}: member {info.filename!r} appears twice")
+            files[dest] = info.filename
+    for info, dest in members:
+        for parent in [dest, *dest.parents] if info.is_dir() else dest.parents:
+            if parent in files:
+                raise ArchiveError(f"{archive}: member {files[parent]!r} is a file, but "
+                                   f"{info.filename!r} needs a folder of that name")
+
+
 def extract_zip(archive: str | Path, target: str | Path) -> list[str]:
     """Unpack `archive` into `target`; return the top-level names it created.
 
-    Everything is checked before anything is written, and the members are unpacked into a
-    temporary folder that is moved into place only when all of them were read intact.
+    Everything is checked before anything is written. The members are unpacked into the
+    hidden `target/.extracting/`; only when all were read intact is each old top-level folder
+    moved aside into `target/.replaced/`, the new one moved into its place, and the old one
+    deleted, so a kill at any point leaves either a whole old or a whole new tree at the
+    visible names (and hidden folders are never read as data).
     """
     archive, target = Path(archive), Path(target)
     target.mkdir(parents=True, exist_ok=True)
-    staging = target / ".extracting"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging, replaced = target / ".extracting", target / ".replaced"
+    for leftover in (staging, replaced):
+        shutil.rmtree(leftover, ignore_errors=True)
     staging.mkdir()
     root = staging.resolve()
     try:
         with zipfile.ZipFile(archive) as zf:
             members = [(info, _member_target(root, info, archive)) for info in zf.infolist()]
+            _check_members(members, archive)
             for info, dest in members:
                 if info.is_dir():
                     dest.mkdir(parents=True, exist_ok=True)
@@ -192,12 +296,11 @@ def extract_zip(archive: str | Path, target: str | Path) -> list[str]:
                 with zf.open(info) as src, dest.open("wb") as out:
                     shutil.copyfileobj(src, out, CHUNK)
         tops = sorted(p.name for p in staging.iterdir())
+        replaced.mkdir()
         for name in tops:
             final = target / name
-            if final.is_dir() and not final.is_symlink():
-                shutil.rmtree(final)
-            elif final.exists() or final.is_symlink():
-                final.unlink()
+            if final.exists() or final.is_symlink():
+                os.replace(final, replaced / name)
             os.replace(staging / name, final)
         return tops
     except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as err:
@@ -209,12 +312,45 @@ def extract_zip(archive: str | Path, target: str | Path) -> list[str]:
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(replaced, ignore_errors=True)
+
+
+def zip_instances(archive: Path) -> set[str]:
+    """The instances (`apple_1`) with at least one frame file in `archive`; checks it opens."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, EOFError, OSError) as err:
+        raise ArchiveError(f"{archive}: not a readable zip archive ({err})") from err
+    instances = set()
+    for name in names:
+        parts = PurePosixPath(name.replace("\\", "/")).parts
+        if parts[:1] == (ARCHIVE_ROOT,):
+            parts = parts[1:]
+        parsed = frame_file(parts)
+        if parsed is not None:
+            instances.add(parsed.instance)
+    return instances
 
 
 # --------------------------------------------------------------------------- the stage's work
 
-MARKER = ".download.json"
 TRIALS_FILE = "testinstance_ids.txt"
+
+
+@dataclass(frozen=True)
+class Obtained:
+    """A file ready to use: where it is, what the marker records, whether this run fetched it."""
+
+    path: Path
+    record: dict[str, object]
+    fetched: bool
+
+    def discard(self) -> None:
+        """Remove a file this run fetched into the cache (it failed a later check)."""
+        if self.fetched:
+            self.path.unlink(missing_ok=True)
+            _origin_path(self.path).unlink(missing_ok=True)
 
 
 def _source_name(source: str) -> str:
@@ -226,59 +362,84 @@ def _source_name(source: str) -> str:
 
 
 def obtain(source: str, cache: Path, *, size: int, sha256: str, retries: int,
-           timeout_s: float, backoff_s: float, progress: bool) -> Path:
-    """The local file for `source`: downloaded into `cache`, or a local file used in place."""
+           timeout_s: float, backoff_s: float, progress: bool,
+           check: Callable[[Path], None] | None = None) -> Obtained:
+    """The checked local file for `source`: fetched into `cache`, or a local file in place."""
     if is_url(source):
         dest = cache / _source_name(source)
         try:
-            fetch(source, dest, size=size, sha256=sha256, retries=retries,
-                  timeout_s=timeout_s, backoff_s=backoff_s, progress=progress)
+            fetched = fetch(source, dest, size=size, sha256=sha256, retries=retries,
+                            timeout_s=timeout_s, backoff_s=backoff_s, progress=progress,
+                            check=check)
         except DownloadError as err:
             raise DownloadError(f"{err}. Without network, fetch {source} on another machine "
                                 f"and put it at {dest} (used as is), or give its local path "
                                 "(download --url for the archive, --splits-url for the "
                                 "trials file)") from err
-        return dest
+        origin = read_origin(dest) or {}
+        return Obtained(dest, {"source": source, "file": str(dest), "size": origin.get("size"),
+                               "sha256": origin.get("sha256")}, fetched)
     path = local_path(source)
     if not path.is_file():
         raise DownloadError(f"{source}: file not found")
-    got = path.stat().st_size
-    if size and got != size:
-        raise DownloadError(f"{source}: has {got} bytes, expected {size} (download.size)")
-    if sha256 and file_sha256(path) != sha256.lower():
-        raise DownloadError(f"{source}: SHA-256 differs from download.sha256")
-    return path
+    digest = _verify(source, path, size=size, sha256=sha256, check=check)
+    return Obtained(path, {"source": source, "file": str(path), "size": path.stat().st_size,
+                           "sha256": digest}, False)
+
+
+def _check_trials_text(path: Path) -> None:
+    """A trials file must parse (an HTML page or a cut body does not)."""
+    read_trials(path)
 
 
 def download_dataset(out: str | Path, *, url: str, splits_url: str, cache: str | Path,
                      size: int = 0, sha256: str = "", retries: int = 5, timeout_s: float = 60.0,
                      backoff_s: float = 1.0, progress: bool = True) -> dict[str, object]:
-    """Fetch the archive and trials file, extract into `out`; a complete `out` is left alone.
+    """Fetch and check the archive and trials file, extract into `out`.
 
-    Returns what `out/.download.json` records: the archive's name and size, the folders it
-    created, and whether anything was done.
+    `out/.download.json` (written last, atomically) records where each file came from, its
+    size and SHA-256, and the folders extracted. A re-run re-extracts only when the archive's
+    bytes differ from the recorded ones and re-copies the trials file only when its bytes do;
+    the returned record adds `changed` (whether anything in `out` was rewritten).
     """
     out, cache = Path(out), Path(cache)
     options = dict(retries=retries, timeout_s=timeout_s, backoff_s=backoff_s, progress=progress)
-    archive = obtain(url, cache, size=size, sha256=sha256, **options)  # type: ignore[arg-type]
-    trials = obtain(splits_url, cache, size=0, sha256="", **options)  # type: ignore[arg-type]
-    record: dict[str, object] = {"archive": archive.name, "size": archive.stat().st_size}
-    marker = out / MARKER
-    previous = _read_marker(marker)
-    done = (previous is not None and all(previous.get(k) == v for k, v in record.items())
-            and all((out / str(name)).exists() for name in previous.get("folders", [])))
-    if done and (out / TRIALS_FILE).is_file():
-        return {**previous, "changed": False}  # type: ignore[dict-item]
-    marker.unlink(missing_ok=True)
-    record["folders"] = extract_zip(archive, out)
-    shutil.copyfile(trials, out / TRIALS_FILE)
-    marker.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    return {**record, "changed": True}
-
-
-def _read_marker(path: Path) -> dict[str, object] | None:
+    archive = obtain(url, cache, size=size, sha256=sha256,  # type: ignore[arg-type]
+                     check=zip_instances, **options)
+    trials = obtain(splits_url, cache, size=0, sha256="",  # type: ignore[arg-type]
+                    check=_check_trials_text, **options)
     try:
-        value = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
+        check_trials(read_trials(trials.path), zip_instances(archive.path),
+                     source=str(trials.path), data=f"the archive {archive.path}")
+    except UserError:
+        trials.discard()
+        raise
+    marker = out / MARKER
+    previous = _read_json(marker) or {}
+    folders = previous.get("folders")
+    same_tree = (_same_bytes(previous.get("archive"), archive.record)
+                 and isinstance(folders, list) and all((out / str(f)).exists() for f in folders))
+    same_trials = (_same_bytes(previous.get("trials"), trials.record)
+                   and (out / TRIALS_FILE).is_file()
+                   and file_sha256(out / TRIALS_FILE) == trials.record["sha256"])
+    record = {"archive": archive.record, "trials": trials.record, "folders": folders}
+    if same_tree and same_trials and previous == record:
+        return {**record, "changed": False}
+    marker.unlink(missing_ok=True)  # `out` is incomplete from here until the marker is back
+    if not same_tree:
+        try:
+            record["folders"] = extract_zip(archive.path, out)
+        except ArchiveError:
+            archive.discard()
+            raise
+    if not same_trials:
+        tmp = out / f".{TRIALS_FILE}.tmp"
+        shutil.copyfile(trials.path, tmp)
+        os.replace(tmp, out / TRIALS_FILE)
+    write_json(marker, record)
+    return {**record, "changed": not (same_tree and same_trials)}
+
+
+def _same_bytes(recorded: object, current: dict[str, object]) -> bool:
+    return (isinstance(recorded, dict) and recorded.get("sha256") == current["sha256"]
+            and recorded.get("size") == current["size"])

@@ -3,10 +3,16 @@
 A frame's files are `<category>_<n>_<video>_<frame>_<kind>.png` (kind `crop`, `depthcrop`,
 `maskcrop`) and `..._loc.txt`, inside `<category>/<category>_<n>/`. Category names contain
 underscores (`cell_phone`, `food_can`), so names are parsed from the right.
+
+Only files at exactly that place count: a name that parses but sits in another folder, and
+anything hidden (`.extracting/` left by a killed download, macOS `._*` and `__MACOSX/`) is
+never a frame. A raw folder is used only once the download stage has written its completion
+marker `.download.json` into it (last, after everything else is in place).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,6 +25,8 @@ VIDEOS = (1, 2, 4)  # the dataset has no video 3
 _NAME = re.compile(r"^(?P<category>.+?)_(?P<instance>\d+)_(?P<video>\d+)_(?P<index>\d+)"
                    r"_(?P<kind>crop|depthcrop|maskcrop|loc)\.(?P<ext>png|txt)$")
 ARCHIVE_ROOT = "rgbd-dataset_eval"
+MARKER = ".download.json"  # written by the download stage when `raw` is complete
+_SKIPPED_FOLDERS = {"__MACOSX"}  # macOS resource forks inside zip archives
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,24 @@ def parse_name(name: str) -> FrameName | None:
         return None
     return FrameName(category=m["category"], instance_number=int(m["instance"]),
                      video=int(m["video"]), index=int(m["index"]), kind=m["kind"])
+
+
+def is_hidden(part: str) -> bool:
+    """A path component that is never part of the dataset (dot-entries, `__MACOSX`)."""
+    return part.startswith(".") or part in _SKIPPED_FOLDERS
+
+
+def frame_file(parts: tuple[str, ...]) -> FrameName | None:
+    """The frame a file belongs to, given its path relative to the dataset root.
+
+    Only `<category>/<category>_<n>/<category>_<n>_<video>_<frame>_<kind>` counts.
+    """
+    if len(parts) != 3 or any(is_hidden(p) for p in parts):
+        return None
+    parsed = parse_name(parts[2])
+    if parsed is None or parts[0] != parsed.category or parts[1] != parsed.instance:
+        return None
+    return parsed
 
 
 def split_instance(instance: str) -> tuple[str, int]:
@@ -87,18 +113,38 @@ def find_root(raw: str | Path) -> Path:
     return inner if inner.is_dir() else raw
 
 
+def require_download(raw: str | Path) -> dict[str, object]:
+    """The completion record of `raw`; a `UserError` if the download stage did not finish."""
+    raw = Path(raw)
+    marker = raw / MARKER
+    find_root(raw)
+    try:
+        record = json.loads(marker.read_text())
+    except FileNotFoundError:
+        record = None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{marker}: unreadable completion marker ({err}); run the download "
+                        "stage again") from err
+    folders = record.get("folders") if isinstance(record, dict) else None
+    if not isinstance(folders, list) or not all((raw / str(f)).exists() for f in folders):
+        raise UserError(f"{raw}: not a complete download (no valid {MARKER}; an interrupted or "
+                        f"hand-made folder); run `python -m pipeline download --out {raw}`, "
+                        "which also takes a local archive with --url")
+    return record
+
+
 def index_frames(raw: str | Path) -> FrameIndex:
     """Every frame under `raw`, sorted by category, instance, video and frame number."""
     root = find_root(raw)
     frames: dict[tuple[str, int, int, int], Frame] = {}
     ignored: list[Path] = []
     for folder, dirs, names in os.walk(root):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not is_hidden(d))  # never walk into them
         for name in sorted(names):
-            parsed = parse_name(name)
             path = Path(folder) / name
+            parsed = frame_file(path.relative_to(root).parts)
             if parsed is None:
-                if not name.startswith(".") and not name.endswith(".txt"):
+                if not is_hidden(name) and not name.endswith(".txt"):
                     ignored.append(path)
                 continue
             key = (parsed.category, parsed.instance_number, parsed.video, parsed.index)

@@ -7,21 +7,24 @@
     ball_5
     ...
 
-Trial K tests on the frames of its listed instances and trains on all other frames; of those
-training frames a seeded, per-category stratified `labeled_fraction` (at least one frame per
-category) is labelled. The masks are stored in `data/splits.h5` (`ssmvae-splits/1`), aligned
-row by row with `data/images.h5`.
+Every trial must hold out exactly one instance of each category in the data, never a
+category's only instance (checked by the download stage against the archive and by the split
+stage against the images file). Trial K tests on the frames of its listed instances and
+trains on all other frames; of those training frames a seeded, per-category stratified
+`labeled_fraction` (at least one frame per category) is labelled. The masks are stored in
+`data/splits.h5` (`ssmvae-splits/1`), aligned row by row with `data/images.h5`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.rgbd.layout import split_instance
 from pipeline.store import TrialSplit
 
 _HEADER = re.compile(r"^\*+\s*trial\s+(\d+)\s*\*+$", re.IGNORECASE)
@@ -72,6 +75,34 @@ def read_trials(path: str | Path) -> dict[int, list[str]]:
     return parse_trials(text, source=str(path))
 
 
+def check_trials(trials: Mapping[int, Sequence[str]], instances: Iterable[str], *,
+                 source: str, data: str = "the data", wanted: Sequence[int] | None = None) -> None:
+    """Each trial (of `wanted`, default all) must hold out exactly one instance of every
+    category present in `instances`, leaving another instance of it to train on.
+
+    A `TrialsError` names `source` and the first trial that breaks this.
+    """
+    by_category: dict[str, set[str]] = {}
+    for name in instances:
+        by_category.setdefault(split_instance(name)[0], set()).add(name)
+    for trial in trials if wanted is None else wanted:
+        held_out = list(trials[trial])
+        where = f"{source}: trial {trial}"
+        if not held_out:
+            raise TrialsError(f"{where} lists no instance; expected one per category")
+        absent = [i for i in held_out if not any(i in s for s in by_category.values())]
+        if absent:
+            raise TrialsError(f"{where} holds out {', '.join(absent)}, absent from {data}")
+        for category, members in sorted(by_category.items()):
+            chosen = [i for i in held_out if i in members]
+            if len(chosen) != 1:
+                raise TrialsError(f"{where} holds out {len(chosen)} instances of {category!r} "
+                                  f"({', '.join(chosen) or 'none'}); expected exactly one")
+            if members == set(chosen):
+                raise TrialsError(f"{where} holds out {chosen[0]}, the only instance of "
+                                  f"{category!r} in {data}: nothing left to train on")
+
+
 def make_split(trial: int, held_out: Sequence[str], *, instance: np.ndarray, label: np.ndarray,
                labeled_fraction: float, seed: int, source: str = "trials file") -> TrialSplit:
     """One trial's masks over the frames of an images file (`instance`, `label` per row)."""
@@ -101,6 +132,8 @@ def make_splits(trials: Mapping[int, Sequence[str]], wanted: Sequence[int], *,
     if absent:
         raise TrialsError(f"{source}: no trial {', '.join(map(str, absent))} (split.trials); "
                           f"the file holds trials {', '.join(map(str, sorted(trials)))}")
+    check_trials(trials, set(np.asarray(instance, dtype=object).tolist()), source=source,
+                 data="the images file", wanted=wanted)
     return [make_split(t, trials[t], instance=instance, label=label,
                        labeled_fraction=labeled_fraction, seed=seed, source=source)
             for t in wanted]

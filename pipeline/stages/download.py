@@ -42,8 +42,10 @@ def main(argv: list[str]) -> int:
                                   timeout_s=cfg.timeout_s, backoff_s=cfg.backoff_s,
                                   progress=not args.no_progress)
         config.dump(Path(args.out) / "config.json")
-        state = "extracted" if record["changed"] else "already complete:"
-        print(f"{args.out}: {state} {record['archive']} ({record['size']} bytes)")
+        state = "updated from" if record["changed"] else "already complete:"
+        archive = record["archive"]
+        print(f"{args.out}: {state} {archive['file']} ({archive['size']} bytes, "
+              f"SHA-256 {archive['sha256']})")
 
     return run_stage(body)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.images import TooManySkipped, preprocess_dataset
+from pipeline.rgbd.layout import require_download
 from pipeline.stages import load, run_stage, stage_parser
 
 
@@ -30,6 +31,7 @@ def main(argv: list[str]) -> int:
         cfg = config.preprocess
         out = Path(args.out)
         report_path = Path(args.report or out.with_name("preprocess-report.json"))
+        require_download(args.raw)  # never read a folder the download stage did not finish
         with tqdm(unit="frame", disable=args.no_progress, desc="preprocess") as bar:
             try:
                 report = preprocess_dataset(
