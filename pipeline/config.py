@@ -214,8 +214,9 @@ class TrainConfig:
     unlabeled_y: Literal["gumbel", "enumerate"] = "gumbel"
     temperature: float = 0.1  # Gumbel-softmax temperature (the authors' code uses 0.1)
     iterative_steps: int = 100  # Appendix D
-    # Appendix D reconstructs the missing modality by sampling p(x|a); "mean" uses its mean
-    iterative_fill: Literal["mean", "sample"] = "sample"
+    # Appendix D reconstructs the missing modality by sampling p(x|a); "mean" (the default,
+    # by measurement: docs/models.md) sets it to the mean of p(x|a)
+    iterative_fill: Literal["mean", "sample"] = "mean"
     # q(y|x) = E_q(a|x)[q(y|a)]: monte_carlo averages predict_samples draws of a,
     # posterior_mean takes q(y | E[a]) (models whose classifier sits behind a latent)
     prediction: Literal["posterior_mean", "monte_carlo"] = "monte_carlo"
