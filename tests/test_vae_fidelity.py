@@ -311,3 +311,18 @@ def test_scaled_features_feed_the_model_not_raw_values():
     train = torch.cat([trial.labelled.x["rgb"], trial.unlabelled.x["rgb"]])
     torch.testing.assert_close(train.mean(0), torch.zeros(2), atol=1e-6, rtol=0)
     torch.testing.assert_close(train.std(0, unbiased=False), torch.ones(2))
+
+
+def test_every_option_at_once_equals_each_alone():
+    """`predict_each` fills once per fill and restores the generator for each option."""
+    from pipeline.vae.evaluate import predict_each
+
+    model, scaler, x = hmvae(SSHMVAEKL), _scaler(), inputs()
+    options = [PredictOptions(samples=s, fill=f, iterative_steps=2)
+               for f in ("mean", "sample") for s in (3, 0, 2)]
+    for method in ("iterative", "unimodal", "zero_fill"):
+        evaluation = Evaluation("rgb", ("rgb",), method, True)
+        together = predict_each(model, x, evaluation, scaler, options, seed=4, precision=None)
+        for option, got in zip(options, together, strict=True):
+            alone = predict(model, x, evaluation, scaler, option, seed=4, precision=None)
+            torch.testing.assert_close(got, alone, rtol=0, atol=0)

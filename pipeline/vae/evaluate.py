@@ -59,38 +59,80 @@ def predict(model: nn.Module, x: Tensors, evaluation: Evaluation, scaler: Featur
             options: PredictOptions, *, seed: int, precision: torch.dtype | None
             ) -> torch.Tensor:
     """Class log-probabilities for one evaluation; `x` holds every modality (scaled)."""
+    return predict_each(model, x, evaluation, scaler, [options], seed=seed,
+                        precision=precision)[0]
+
+
+@torch.no_grad()
+def predict_each(model: nn.Module, x: Tensors, evaluation: Evaluation, scaler: FeatureScaler,
+                 options: list[PredictOptions], *, seed: int, precision: torch.dtype | None
+                 ) -> list[torch.Tensor]:
+    """`predict` for several options at once: the missing modality is filled once per fill
+    (iterative sampling's chain does not depend on the prediction option), and each option
+    classifies from the generator state `predict` alone would have, so the results are
+    those of separate calls."""
+    device = next(iter(x.values())).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    start = generator.get_state()
+    completed: dict[str, tuple[Tensors, torch.Tensor]] = {}
+    out = []
+    with torch.autocast(device.type, dtype=precision or torch.float32,
+                        enabled=precision is not None):
+        for option in options:
+            if option.fill not in completed:
+                generator.set_state(start)
+                inputs = _complete(model, x, evaluation, scaler, option, generator)
+                completed[option.fill] = inputs, generator.get_state()
+            inputs, state = completed[option.fill]
+            generator.set_state(state)
+            method = "joint" if evaluation.method in ("zero_fill", "iterative") else \
+                evaluation.method
+            out.append(model.classify(inputs, method, samples=option.samples,
+                                      generator=generator))
+    return out
+
+
+def _complete(model: nn.Module, x: Tensors, evaluation: Evaluation, scaler: FeatureScaler,
+              options: PredictOptions, generator: torch.Generator) -> Tensors:
+    """The inputs the model classifies from: the given modalities, and for zero-fill and
+    iterative sampling the missing ones filled in."""
     given = {m: x[m] for m in evaluation.inputs}
     missing = [m for m in x if m not in given]
-    generator = torch.Generator(device=next(iter(x.values())).device).manual_seed(seed)
-    device_type = next(iter(x.values())).device.type
-    draws = {"samples": options.samples, "generator": generator}
-    with torch.autocast(device_type, dtype=precision or torch.float32,
-                        enabled=precision is not None):
-        if evaluation.method == "zero_fill":
-            for m in missing:
-                zeros = scaler.transform(m, np.zeros((1, x[m].shape[1]), np.float32))
-                given[m] = torch.from_numpy(zeros).to(x[m].device).expand_as(x[m])
-            return model.classify({m: given[m] for m in x}, "joint", **draws)
-        if evaluation.method == "iterative":
-            for m in missing:
-                given[m] = model.impute(given, m, options.iterative_steps, generator,
-                                        fill=options.fill)
-            return model.classify({m: given[m] for m in x}, "joint", **draws)
-        return model.classify(given, evaluation.method, **draws)
+    if evaluation.method == "zero_fill":
+        for m in missing:
+            zeros = scaler.transform(m, np.zeros((1, x[m].shape[1]), np.float32))
+            given[m] = torch.from_numpy(zeros).to(x[m].device).expand_as(x[m])
+    elif evaluation.method == "iterative":
+        for m in missing:
+            given[m] = model.impute(given, m, options.iterative_steps, generator,
+                                    fill=options.fill)
+    else:
+        return given
+    return {m: given[m] for m in x}
+
+
+def accuracies(model: nn.Module, test: Batch, evaluation: Evaluation, scaler: FeatureScaler,
+               options: list[PredictOptions], *, seed: int = 0,
+               precision: torch.dtype | None = None) -> list[float]:
+    """Test accuracy of one evaluation with each set of options, in batches (eval mode)."""
+    correct = [0] * len(options)
+    with eval_mode(model):
+        for start in range(0, len(test), EVAL_BATCH):
+            x = {m: t[start:start + EVAL_BATCH] for m, t in test.x.items()}
+            y = test.y[start:start + EVAL_BATCH]
+            for i, log_probs in enumerate(predict_each(model, x, evaluation, scaler, options,
+                                                       seed=seed + start,
+                                                       precision=precision)):
+                correct[i] += int((log_probs.argmax(-1) == y).sum())
+    return [c / len(test) for c in correct]
 
 
 def accuracy(model: nn.Module, test: Batch, evaluation: Evaluation, scaler: FeatureScaler,
              options: PredictOptions, *, seed: int = 0,
              precision: torch.dtype | None = None) -> float:
-    """Test accuracy of one evaluation with one set of options, in batches (eval mode)."""
-    correct = 0
-    with eval_mode(model):
-        for start in range(0, len(test), EVAL_BATCH):
-            x = {m: t[start:start + EVAL_BATCH] for m, t in test.x.items()}
-            log_probs = predict(model, x, evaluation, scaler, options, seed=seed + start,
-                                precision=precision)
-            correct += int((log_probs.argmax(-1) == test.y[start:start + EVAL_BATCH]).sum())
-    return correct / len(test)
+    """Test accuracy of one evaluation with one set of options."""
+    return accuracies(model, test, evaluation, scaler, [options], seed=seed,
+                      precision=precision)[0]
 
 
 def evaluate(model: nn.Module, test: Batch, evaluations: list[Evaluation],
@@ -111,9 +153,11 @@ def evaluate_options(model: nn.Module, test: Batch, evaluations: list[Evaluation
     """{method: {option: {key: accuracy}}} for every option that applies (`variants`)."""
     results: dict[str, dict[str, dict[str, float]]] = {}
     for e in evaluations:
-        for name, options in variants(model, e, cfg).items():
-            results.setdefault(e.method, {}).setdefault(name, {})[e.key] = accuracy(
-                model, test, e, scaler, options, seed=seed, precision=precision)
+        named = variants(model, e, cfg)
+        scores = accuracies(model, test, e, scaler, list(named.values()), seed=seed,
+                            precision=precision)
+        for name, score in zip(named, scores, strict=True):
+            results.setdefault(e.method, {}).setdefault(name, {})[e.key] = score
     return results
 
 
