@@ -11,6 +11,11 @@ A section value that differs from the paper's (the dataclass default) where the 
 profile sets the same key is refused, naming the profile's key: the profile would otherwise
 discard it silently (`dvc exp run -S train.epochs=5` on the demo profile).
 
+Every default is written once: a section's dataclass defaults are the paper profile's
+values, and `params.yaml` repeats them key by key only so that DVC can track and `-S` can
+set each one (tests/test_config.py fails when the two disagree or a key is missing). Every
+allowed value is declared once, below; other modules import it.
+
 Library code never reads `params.yaml`; stages call `load_config` and hand the relevant
 section (a frozen dataclass) to the library.
 """
@@ -33,8 +38,28 @@ import yaml
 from pipeline.atomic import write_json
 from pipeline.errors import UserError
 
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("bf16", "fp32")
+# Every allowed value, declared once: the sections' type hints use these, `load_config`
+# checks a value against its hint, and other modules import the tuples (never a copy).
+DEVICES = ("auto", "cpu", "cuda")  # or "cuda:N"
+Precision = Literal["bf16", "fp32"]  # autocast dtype
+AutoPrecision = Literal["auto", "bf16", "fp32"]  # auto = bf16 on CUDA, fp32 on CPU
+Likelihood = Literal["gaussian", "gaussian_fixed", "bernoulli"]  # p(x|.) of the features
+UnlabeledY = Literal["gumbel", "enumerate"]  # how eq. (4) handles y on unlabelled data
+Fill = Literal["mean", "sample"]  # Appendix D: the missing modality from p(x|a)
+Prediction = Literal["posterior_mean", "monte_carlo"]  # q(y|x) = E_q(a|x)[q(y|a)]
+Compile = Literal["auto", "always", "never"]
+Backend = Literal["auto", "nccl", "gloo"]
+PRECISIONS = typing.get_args(Precision)
+LIKELIHOODS = typing.get_args(Likelihood)
+UNLABELED_Y = typing.get_args(UnlabeledY)
+FILLS = typing.get_args(Fill)
+PREDICTIONS = typing.get_args(Prediction)
+# The models of Table 1 that `train` can run: the networks of pipeline/vae (their registry
+# `pipeline.vae.MODELS` has exactly these keys) and the classical peers of
+# pipeline/classical (`CLASSICAL`); tests/test_config.py checks both registries.
+VAE_MODELS = ("m2", "sdgm", "ss_mvae", "ss_hmvae", "ss_hmvae_kl", "mlp")
+CLASSICAL_MODELS = ("ct_svm", "cotraining", "label_spreading")
+MODEL_NAMES = (*VAE_MODELS, *CLASSICAL_MODELS)
 
 
 class ConfigError(UserError):
@@ -133,7 +158,7 @@ class FinetuneConfig:
     # >= 8 digits, as torchvision checks the one in the file name, or all 64; "" = unchecked.
     weights_sha256: str = "397923af"
     checkpoint_every: int = 1  # epochs between resumable checkpoints (each ~1.6 GB)
-    precision: str = "auto"  # autocast: auto = bf16 on CUDA, fp32 on CPU; or bf16, fp32
+    precision: AutoPrecision = "auto"  # autocast: auto = bf16 on CUDA, fp32 on CPU
 
     def check(self) -> None:
         _require(self.weights != "", "finetune.weights", self.weights,
@@ -146,8 +171,6 @@ class FinetuneConfig:
                  "finetune.weights_url", self.weights_url, "an http(s):// or file:// URL")
         _require(self.checkpoint_every >= 1, "finetune.checkpoint_every",
                  self.checkpoint_every, "an integer >= 1")
-        _require(self.precision in ("auto", *PRECISIONS), "finetune.precision",
-                 self.precision, "auto, bf16 or fp32")
         _require(self.epochs >= 0, "finetune.epochs", self.epochs, "an integer >= 0")
         _require(self.lr > 0, "finetune.lr", self.lr, "a number > 0")
         _require(self.batch_size >= 1, "finetune.batch_size", self.batch_size, "an integer >= 1")
@@ -175,7 +198,7 @@ class ExtractConfig:
     device: str = "auto"
     # autocast: auto = bf16 on CUDA, fp32 on CPU; or bf16, fp32 (see docs/features.md for
     # the error bf16 introduces in the features)
-    precision: str = "auto"
+    precision: AutoPrecision = "auto"
 
     def check(self) -> None:
         _require(self.batch_size >= 0, "extract.batch_size", self.batch_size,
@@ -183,14 +206,6 @@ class ExtractConfig:
         _require(self.workers >= -1, "extract.workers", self.workers,
                  "an integer >= 0 (0 = read in the main process), or -1 for auto")
         _check_device("extract.device", self.device)
-        _require(self.precision in ("auto", *PRECISIONS), "extract.precision",
-                 self.precision, "auto, bf16 or fp32")
-
-
-MODEL_NAMES = (
-    "m2", "sdgm", "ss_mvae", "ss_hmvae", "ss_hmvae_kl", "mlp",
-    "ct_svm", "cotraining", "label_spreading",  # pipeline/classical
-)
 
 
 @dataclass(frozen=True)
@@ -210,22 +225,22 @@ class TrainConfig:
     dropout: float = 0.5  # Appendix C: q(y|a) has Dropout0.5
     # p(x|.) of the features: gaussian (learned variance), gaussian_fixed (unit variance,
     # Appendix C's mean-only decoder) or bernoulli (docs/models.md compares them)
-    likelihood: Literal["gaussian", "gaussian_fixed", "bernoulli"] = "gaussian"
-    unlabeled_y: Literal["gumbel", "enumerate"] = "gumbel"
+    likelihood: Likelihood = "gaussian"
+    unlabeled_y: UnlabeledY = "gumbel"
     temperature: float = 0.1  # Gumbel-softmax temperature (the authors' code uses 0.1)
     iterative_steps: int = 100  # Appendix D
     # Appendix D reconstructs the missing modality by sampling p(x|a); "mean" (the default,
     # by measurement: docs/models.md) sets it to the mean of p(x|a)
-    iterative_fill: Literal["mean", "sample"] = "mean"
+    iterative_fill: Fill = "mean"
     # q(y|x) = E_q(a|x)[q(y|a)]: monte_carlo averages predict_samples draws of a,
     # posterior_mean takes q(y | E[a]) (models whose classifier sits behind a latent)
-    prediction: Literal["posterior_mean", "monte_carlo"] = "monte_carlo"
+    prediction: Prediction = "monte_carlo"
     predict_samples: int = 100
     grad_clip: float = 0.0  # max gradient norm; 0 = off
-    precision: str = "fp32"  # autocast dtype on the training device: bf16 or fp32
+    precision: Precision = "bf16"  # autocast on the training device (docs/models.md)
     # torch.compile the loss: auto = on CUDA (fewer, fused kernels; minutes to compile),
     # never on the CPU by default (a minute to compile, and its own random numbers)
-    compile: Literal["auto", "always", "never"] = "auto"
+    compile: Compile = "auto"
     seed: int = 0
     device: str = "auto"
 
@@ -247,8 +262,6 @@ class TrainConfig:
         _require(self.predict_samples >= 1, "train.predict_samples", self.predict_samples,
                  "an integer >= 1")
         _require(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, "a number >= 0")
-        _require(self.precision in PRECISIONS, "train.precision", self.precision,
-                 f"one of {', '.join(PRECISIONS)}")
         _check_device("train.device", self.device)
 
 
@@ -257,7 +270,7 @@ class LaunchConfig:
     """How the finetune and train stages run: one process, or data-parallel under torchrun."""
 
     processes: int = 1  # per machine; > 1 restarts the stage under torchrun (one GPU each)
-    backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on CUDA, gloo on CPU
+    backend: Backend = "auto"  # auto: nccl on CUDA, gloo on CPU
 
     def check(self) -> None:
         _require(self.processes >= 1, "launch.processes", self.processes, "an integer >= 1")
@@ -291,7 +304,10 @@ class Config:
         write_json(path, self.to_dict(), sort_keys=True)
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "profile"}
+# section name -> its class: a new section is one dataclass, one field of Config above and
+# one section of params.yaml (with `{}` in each profile); nothing else here names sections.
+SECTIONS: dict[str, type] = {name: cls for name, cls in typing.get_type_hints(Config).items()
+                             if name != "profile"}
 
 
 def load_config(
@@ -359,7 +375,7 @@ def load_config(
         if name not in SECTIONS:
             raise ConfigError(f"{where}: unknown section {name!r}; expected one of "
                               f"{', '.join(SECTIONS)}")
-        sections[name] = _build(_section_class(name), section, name, where, origins)
+        sections[name] = _build(SECTIONS[name], section, name, where, origins)
     config = Config(profile=str(profile), **sections)
     for name in SECTIONS:
         try:
@@ -402,7 +418,7 @@ def _refuse_shadowed(raw: dict[str, Any], section: str, key: str, value: Any, pr
     values = raw.get(section)
     if not isinstance(values, dict) or key not in values or section not in SECTIONS:
         return
-    cls = _section_class(section)
+    cls = SECTIONS[section]
     if key not in {f.name for f in dataclasses.fields(cls)}:
         return  # an unknown key: _build names it
     hint = typing.get_type_hints(cls)[key]
@@ -418,10 +434,6 @@ def _refuse_shadowed(raw: dict[str, Any], section: str, key: str, value: Any, pr
 
 def _yaml(value: Any) -> str:
     return json.dumps(value) if not isinstance(value, str) else value
-
-
-def _section_class(name: str) -> type:
-    return typing.get_type_hints(Config)[name]
 
 
 def _parse_override(item: str) -> tuple[str, Any]:

@@ -1,11 +1,20 @@
 """Parameters: paper defaults, profiles, --set overrides, and clear errors."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline.config import Config, ConfigError, load_config
+from pipeline.config import (
+    CLASSICAL_MODELS,
+    LIKELIHOODS,
+    SECTIONS,
+    VAE_MODELS,
+    Config,
+    ConfigError,
+    load_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,6 +71,8 @@ def test_int_is_accepted_for_float():
     ("split.labeled_fraction=0", "split.labeled_fraction: expected a fraction in (0, 1)"),
     ("train.device=tpu", "train.device"),
     ("finetune.augment=1", "expected true or false"),
+    ("train.precision=fp16", "train.precision: expected one of 'bf16', 'fp32', got 'fp16'"),
+    ("extract.precision=bf32", "extract.precision: expected one of 'auto', 'bf16', 'fp32'"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=None) as err:
@@ -164,14 +175,27 @@ def test_section_value_a_profile_overrides_fails_naming_both_keys(tmp_path):
     assert (config.train.epochs, config.train.alpha) == (5, 0.5)
 
 
-def test_project_sections_hold_the_paper_values_profiles_override():
-    # The refusal above compares with the dataclass defaults: they must be the sections'.
+def test_params_yaml_sections_are_the_typed_defaults_key_by_key():
+    # One source for every default: the dataclass defaults are the sections of params.yaml
+    # (the refusal above compares with them), key by key, and no key is left unwritten.
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
-    paper = Config()
-    for name, profile in data["profiles"].items():
-        for section, values in profile.items():
-            for key in values:
-                written = data[section][key]
-                default = getattr(getattr(paper, section), key)
-                assert (list(default) if isinstance(default, tuple) else default) == written, \
-                    f"params.yaml {section}.{key} (set by profile {name}) is not the paper's"
+    assert set(data) == {"profile", "trials", "profiles", *SECTIONS}
+    paper = load_config(ROOT / "params.yaml", ["profile=paper", f"trials={list(range(1, 11))}"])
+    for section, cls in SECTIONS.items():
+        fields = [f.name for f in dataclasses.fields(cls)]
+        assert set(data[section]) == set(fields), f"params.yaml {section}: keys differ from {cls}"
+        for key in fields:
+            assert getattr(getattr(paper, section), key) == getattr(cls(), key), \
+                f"params.yaml {section}.{key} differs from {cls.__name__}'s default"
+    assert paper == Config(profile="paper")
+
+
+def test_names_and_choices_are_the_registries_keys():
+    # The allowed values are declared in pipeline/config.py; what implements each one must
+    # cover exactly that list, or a valid value would fail late (or an unlisted one hide).
+    from pipeline.classical import CLASSICAL
+    from pipeline.vae import MODELS
+    from pipeline.vae.layers import LIKELIHOOD_HEADS
+
+    assert tuple(MODELS) == VAE_MODELS and tuple(CLASSICAL) == CLASSICAL_MODELS
+    assert set(LIKELIHOOD_HEADS) == set(LIKELIHOODS)

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline.config import LIKELIHOODS
 from pipeline.store import FeatureSet
 from pipeline.vae.objective import Batch
 
 GAUSSIAN = ("gaussian", "gaussian_fixed")  # learned or unit variance: both standardised
-LIKELIHOODS = (*GAUSSIAN, "bernoulli")
 
 
 def typical_scale(spread: np.ndarray) -> float:

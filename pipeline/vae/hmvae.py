@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.distributions import Independent, Normal, kl_divergence
 
+from pipeline.config import FILLS
 from pipeline.vae.layers import CategoricalHead, GaussianHead, LikelihoodHead, Trunk, mean_of
 from pipeline.vae.objective import (
     Batch,
@@ -41,14 +42,12 @@ from pipeline.vae.objective import (
     set_mean,
 )
 
-FILLS = ("mean", "sample")  # iterative sampling: the mean of p(x|a), or a draw from it
-
 
 class SSHMVAE(SemiSupervisedVAE):
     latent_classifier = True
     def __init__(self, *, dims: Mapping[str, int], n_classes: int, objective: ObjectiveConfig,
-                 hidden: int = 1024, a_dim: int = 1024, z_dim: int = 1024,
-                 dropout: float = 0.5, likelihood: str = "gaussian") -> None:
+                 hidden: int, a_dim: int, z_dim: int, dropout: float,
+                 likelihood: str) -> None:
         super().__init__(objective)
         if len(dims) < 2:
             raise ValueError(f"{type(self).__name__} needs two modalities, got {list(dims)}")
@@ -141,8 +140,8 @@ def draw(dist: Independent, generator: torch.Generator | None) -> torch.Tensor:
 
 class SSHMVAEKL(SSHMVAE):
     def __init__(self, *, dims: Mapping[str, int], n_classes: int, objective: ObjectiveConfig,
-                 hidden: int = 1024, a_dim: int = 1024, z_dim: int = 1024,
-                 dropout: float = 0.5, likelihood: str = "gaussian") -> None:
+                 hidden: int, a_dim: int, z_dim: int, dropout: float,
+                 likelihood: str) -> None:
         super().__init__(dims=dims, n_classes=n_classes, objective=objective, hidden=hidden,
                          a_dim=a_dim, z_dim=z_dim, dropout=dropout, likelihood=likelihood)
         # q(a|x), q(a|w): x or w-D1024BR, f_mu and f_sigma2 D1024 (Appendix C)

@@ -26,8 +26,7 @@ from pipeline.vae.objective import (
 
 class MVAE(SemiSupervisedVAE):
     def __init__(self, *, dims: Mapping[str, int], n_classes: int, objective: ObjectiveConfig,
-                 hidden: int = 1024, z_dim: int = 1024, dropout: float = 0.5,
-                 likelihood: str = "gaussian") -> None:
+                 hidden: int, z_dim: int, dropout: float, likelihood: str) -> None:
         super().__init__(objective)
         self.modalities = list(dims)
         self.n_classes = n_classes

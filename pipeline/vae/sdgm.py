@@ -30,8 +30,8 @@ from pipeline.vae.objective import (
 class SDGM(SemiSupervisedVAE):
     latent_classifier = True
     def __init__(self, *, dims: Mapping[str, int], n_classes: int, objective: ObjectiveConfig,
-                 hidden: int = 1024, a_dim: int = 1024, z_dim: int = 1024,
-                 dropout: float = 0.5, likelihood: str = "gaussian") -> None:
+                 hidden: int, a_dim: int, z_dim: int, dropout: float,
+                 likelihood: str) -> None:
         super().__init__(objective)
         if len(dims) != 1:
             raise ValueError(f"SDGM is unimodal: expected one modality, got {list(dims)}")
