@@ -27,6 +27,16 @@ from pipeline.vae.experiment import train_and_evaluate
 from tests.digits import write_digits
 
 
+def settings(precision: str) -> TrainConfig:
+    """Every value a result depends on, pinned: moving a default must not move these runs."""
+    return TrainConfig(
+        epochs=3, lr=1e-3, batch_size=64, labeled_batch_size=128, hidden=32, a_dim=8, z_dim=8,
+        dropout=0.5, alpha=1.0, beta=1.0, likelihood="gaussian", unlabeled_y="gumbel",
+        temperature=0.1, iterative_steps=5, iterative_fill="mean", prediction="monte_carlo",
+        predict_samples=100, grad_clip=0.0, precision=precision, compile="never", seed=0,
+        device="cpu")
+
+
 def run_all(precisions: list[str]) -> dict[str, dict]:
     torch.set_num_threads(1)
     results = {}
@@ -34,8 +44,7 @@ def run_all(precisions: list[str]) -> dict[str, dict]:
         features = write_digits(Path(tmp) / "digits.h5", seed=0)
         for precision in precisions:
             for name in MODELS:
-                cfg = TrainConfig(epochs=3, hidden=32, a_dim=8, z_dim=8, iterative_steps=5,
-                                  batch_size=64, lr=1e-3, precision=precision, device="cpu")
+                cfg = settings(precision)
                 m = train_and_evaluate(features, name, cfg, Path(tmp) / f"{name}-{precision}",
                                        progress=False, live=False)
                 results[f"{name}/{precision}"] = {
