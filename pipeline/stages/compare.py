@@ -4,99 +4,82 @@
 over twenty columns, wider than a terminal. This prints one experiment per column instead:
 first the parameters that differ between the experiments shown (always `train.alpha` and
 `train.beta`), then each headline metric of `reports/metrics.json` as `mean±sd`. It reads
-`dvc exp show --json` (run here, or `--json FILE`, `-` for stdin); experiments without
-metrics (queued, failed) are left out. Each column is about 12 characters wide: 14
+the rows of `dvc.api.exp_show` (the workspace, the commit and its experiments); experiments
+without metrics (queued, failed) are left out. Each column is about 12 characters wide: 14
 experiments fit in 200 columns.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from pipeline.errors import UserError
 from pipeline.stages import run_stage
 
 HEADLINE = "reports/metrics.json"
 ALWAYS = ("train.alpha", "train.beta")
+# exp_show's columns that describe a row rather than hold a parameter or a metric
+ROW_INFO = ("Experiment", "rev", "typ", "Created", "parent", "State", "Executor")
+
+Experiment = tuple[str, dict[str, Any], dict[str, Any]]  # name, parameters, metrics
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline compare",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, help="saved `dvc exp show --json` output "
-                        "('-': stdin); default: run it")
+    parser.add_argument("--repo", type=Path, default=Path("."),
+                        help="the project's folder (default: the current one)")
     args = parser.parse_args(argv)
 
     def body() -> None:
-        print(table(experiments(_shown(args.json))), end="")
+        print(table(experiments(args.repo)), end="")
 
     return run_stage(body)
 
 
-def _shown(path: Path | None) -> Any:
-    if path is None:
-        proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"],
-                              capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise UserError(f"dvc exp show --json failed: {proc.stderr.strip()[-500:]}")
-        text, where = proc.stdout, "dvc exp show --json"
-    else:
-        text = sys.stdin.read() if str(path) == "-" else path.read_text()
-        where = str(path)
+def experiments(repo: Path) -> list[Experiment]:
+    """(name, parameters, headline metrics) of each revision and experiment that has metrics.
+
+    exp_show's flat rows do not say which column is which: a parameter is a column under a
+    top-level key of the project's params.yaml, a metric one of `reports/metrics.json`'s keys
+    (the only metrics file), and the rest (file hashes of the stages' deps) is left out.
+    """
+    import dvc.api  # imported late: it takes a second
+    from dvc.exceptions import DvcException
+
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UserError(f"{where}: not the JSON of dvc exp show ({err})") from err
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def experiments(shown: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """(name, params.yaml flattened, headline metrics) of each revision and experiment."""
+        rows = dvc.api.exp_show(repo=str(repo))
+    except DvcException as err:
+        raise UserError(f"{repo}: dvc exp show failed: {err}") from err
+    params_file = repo / "params.yaml"
+    top = set(yaml.safe_load(params_file.read_text()) or {}) if params_file.is_file() else set()
     found = []
-
-    def walk(entry: dict[str, Any]) -> None:
-        data = entry.get("data") or {}
-        metrics = ((data.get("metrics") or {}).get(HEADLINE) or {}).get("data") or {}
-        params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+    for row in rows:
+        params = {k: v for k, v in row.items() if k.split(".")[0] in top}
+        metrics = {k.removeprefix(f"{HEADLINE}:"): v for k, v in row.items()
+                   if k not in ROW_INFO and k not in params and isinstance(v, float)}
         if metrics:
-            rev = str(entry.get("rev", "?"))
-            name = entry.get("name") or (rev if rev == "workspace" else rev[:7])
-            found.append((name, _flat(params), metrics))
-        for exp in entry.get("experiments") or []:
-            for rev in exp.get("revs") or []:
-                walk(rev)
-
-    for entry in shown:
-        walk(entry)
+            found.append((row["Experiment"] or row["rev"], params, metrics))
     return found
 
 
-def _number(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else json.dumps(value, separators=(",", ":"))
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def table(found: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> str:
+def table(found: list[Experiment]) -> str:
     if not found:
         return f"no experiment with {HEADLINE} yet (run `dvc exp run`)\n"
     keys = sorted({k for _, params, _ in found for k in params} - set(ALWAYS))
-    changed = [*ALWAYS, *(k for k in keys if len({json.dumps(p.get(k)) for _, p, _ in
-                                                   found}) > 1)]
+    changed = [*ALWAYS, *(k for k in keys if len({_cell(p.get(k)) for _, p, _ in found}) > 1)]
     lines = [["", *(name for name, _, _ in found)]]
-    lines += [[k, *(_number(p.get(k, "–")) for _, p, _ in found)] for k in changed]
+    lines += [[k, *(_cell(p.get(k)) for _, p, _ in found)] for k in changed]
     means = list(dict.fromkeys(k for _, _, m in found for k in m if not k.endswith("_sd")))
     for key in means:
         cells = []
