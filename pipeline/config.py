@@ -483,8 +483,8 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
     origin = typing.get_origin(hint)
     if origin is Literal:
         if value not in typing.get_args(hint):
-            allowed = ", ".join(repr(a) for a in typing.get_args(hint))
-            raise ConfigError(f"{name}: expected one of {allowed}, got {value!r}")
+            *others, last = typing.get_args(hint)
+            raise ConfigError(f"{name}: expected {', '.join(others)} or {last}, got {value!r}")
         return value
     if origin is tuple:
         (item_hint, _) = typing.get_args(hint)
