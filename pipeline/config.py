@@ -223,15 +223,16 @@ class TrainConfig:
     a_dim: int = 1024  # Appendix C: f_mu of q(a|x,w) is D1024
     z_dim: int = 1024  # Appendix C: f_mu of q(z|a,y) is D1024
     dropout: float = 0.5  # Appendix C: q(y|a) has Dropout0.5
-    # p(x|.) of the features: gaussian (learned variance), gaussian_fixed (unit variance,
-    # Appendix C's mean-only decoder) or bernoulli (docs/models.md compares them)
-    likelihood: Likelihood = "gaussian"
+    # p(x|.) of the features: gaussian_fixed (unit variance: Appendix C gives p(x|a) only an
+    # f_mu, a mean-only decoder), gaussian (learned variance) or bernoulli (docs/models.md,
+    # "Choices the paper leaves open")
+    likelihood: Likelihood = "gaussian_fixed"
     unlabeled_y: UnlabeledY = "gumbel"
     temperature: float = 0.1  # Gumbel-softmax temperature (the authors' code uses 0.1)
     iterative_steps: int = 100  # Appendix D
-    # Appendix D reconstructs the missing modality by sampling p(x|a); "mean" (the default,
-    # by measurement: docs/models.md) sets it to the mean of p(x|a)
-    iterative_fill: Fill = "mean"
+    # Appendix D reconstructs the missing modality "by sampling from the generative model
+    # p(x|a)"; "mean" sets it to the mean of p(x|a) instead
+    iterative_fill: Fill = "sample"
     # q(y|x) = E_q(a|x)[q(y|a)]: monte_carlo averages predict_samples draws of a,
     # posterior_mean takes q(y | E[a]) (models whose classifier sits behind a latent)
     prediction: Prediction = "monte_carlo"
