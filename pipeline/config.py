@@ -187,10 +187,8 @@ class ExtractConfig:
                  self.precision, "auto, bf16 or fp32")
 
 
-MODEL_NAMES = (
-    "m2", "sdgm", "ss_mvae", "ss_hmvae", "ss_hmvae_kl", "mlp",
-    "ct_svm", "cotraining", "label_spreading",  # pipeline/classical
-)
+MODEL_NAMES = ("m2", "sdgm", "ss_mvae", "ss_hmvae", "ss_hmvae_kl", "mlp")  # pipeline/vae
+CLASSICAL_NAMES = ("ct_svm", "cotraining", "label_spreading")  # pipeline/classical
 
 
 @dataclass(frozen=True)
@@ -253,6 +251,19 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ClassicalConfig:
+    """The classical peers (pipeline/classical, the `classical` stage): no network."""
+
+    models: tuple[str, ...] = CLASSICAL_NAMES
+    seed: int = 0
+
+    def check(self) -> None:
+        unknown = [m for m in self.models if m not in CLASSICAL_NAMES]
+        _require(not unknown and len(self.models) > 0, "classical.models", list(self.models),
+                 f"a non-empty list of {', '.join(CLASSICAL_NAMES)}")
+
+
+@dataclass(frozen=True)
 class LaunchConfig:
     """How the finetune and train stages run: one process, or data-parallel under torchrun."""
 
@@ -280,6 +291,7 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    classical: ClassicalConfig = field(default_factory=ClassicalConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
@@ -343,9 +355,9 @@ def load_config(
         origin = f"{where}: profiles.{profile}.{section}"
         if not isinstance(values, dict):
             raise ConfigError(f"{origin}: expected a mapping of keys, got {values!r}")
-        if section == "train" and "models" in values:
-            raise ConfigError(f"{origin}.models: a profile cannot change train.models "
-                              "(dvc.yaml's matrix reads train.models itself); edit train.models")
+        if section in ("train", "classical") and "models" in values:
+            raise ConfigError(f"{origin}.models: a profile cannot change {section}.models "
+                              f"(dvc.yaml reads {section}.models itself); edit {section}.models")
         for key, value in values.items():
             _refuse_shadowed(raw, section, key, value, profile, where)
             _assign(raw, f"{section}.{key}", value, origin)
