@@ -58,7 +58,7 @@ def _imported(path: Path, module: str) -> set[str]:
     return {name for name in found if name == PACKAGE or name.startswith(PACKAGE + ".")}
 
 
-def _model_modules(path: Path, module: str, table: str) -> dict[str, set[str]]:
+def _model_modules(path: Path, table: str) -> dict[str, set[str]]:
     """Per model of the registry `table` in `path`: the modules imported only for entries
     of that table. A module any other code of the registry uses belongs to every model."""
     tree = ast.parse(path.read_text(), str(path))
@@ -66,18 +66,18 @@ def _model_modules(path: Path, module: str, table: str) -> dict[str, set[str]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and not node.level and node.module:
             source.update({(a.asname or a.name): node.module for a in node.names})
-    entries: dict[str, set[str]] = {}
-    for node in tree.body:
-        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
-        if isinstance(target, ast.Name) and target.id == table and isinstance(node.value, ast.Dict):
-            for key, value in zip(node.value.keys, node.value.values, strict=True):
-                names = {n.id for n in ast.walk(value) if isinstance(n, ast.Name)}
-                entries[key.value] = {source[n] for n in names if n in source}
-            used_elsewhere = {n.id for other in tree.body if other is not node
-                              for n in ast.walk(other) if isinstance(n, ast.Name)}
-    if not entries:
+    table_node = next((node for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                       and isinstance(node.value, ast.Dict) and any(
+                           isinstance(t, ast.Name) and t.id == table
+                           for t in getattr(node, "targets", [getattr(node, "target", None)]))),
+                      None)
+    if table_node is None:
         raise ValueError(f"{path}: no dict literal {table} = {{...}} (pipeline.imports.REGISTRIES)")
-    shared = {source[n] for n in used_elsewhere if n in source}
+    entries = {key.value: {source[n.id] for n in ast.walk(value)
+                           if isinstance(n, ast.Name) and n.id in source}
+               for key, value in zip(table_node.value.keys, table_node.value.values, strict=True)}
+    shared = {source[n.id] for other in tree.body if other is not table_node
+              for n in ast.walk(other) if isinstance(n, ast.Name) and n.id in source}
     return {name: mods - shared for name, mods in entries.items()}
 
 
@@ -100,7 +100,7 @@ def closure(stage: str, root: Path = ROOT, *, model: str | None = None) -> list[
         todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))  # parent packages
         imported = _imported(path, module)
         if model is not None and module in REGISTRIES:
-            per_model = _model_modules(path, module, REGISTRIES[module])
+            per_model = _model_modules(path, REGISTRIES[module])
             if model not in per_model:
                 raise ValueError(f"model {model!r} is not in {module}.{REGISTRIES[module]}")
             others = set().union(*per_model.values()) - per_model[model]

@@ -333,8 +333,9 @@ def plot_curve(curves: Mapping[str, Sequence[dict[int, float]]], path: Path, *, 
         ax.plot(list(mean), [scale * v for v in mean.values()], color=colour, lw=2,
                 label=titles.title(model))
     ax.set_xlabel("epoch")
-    ax.set_title(title)
-    ax.legend(fontsize=7)
+    ax.set_title(title if curves else f"{title}: no model logged it")
+    if curves:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
