@@ -13,9 +13,8 @@ def entry(rev: str, name: str | None, alpha: float, epochs: int, kl: float,
         "params": {"params.yaml": {"data": {"train": {"alpha": alpha, "beta": 1.0},
                                             "profiles": {"demo": {"train": {"epochs": epochs}}},
                                             "report": {"paper_reference": True}}}},
-        "metrics": {"reports/metrics.json": {"data": {"hmvae_kl_both": kl,
-                                                      "hmvae_kl_both_sd": 1.25,
-                                                      "m2_rgb": 50.0}}}},
+        "metrics": {"reports/metrics/hmvae_kl.json": {"data": {"both": kl, "both_sd": 1.25}},
+                    "reports/metrics/m2.json": {"data": {"rgb": 50.0}}}},
         "experiments": experiments}
 
 

@@ -3,10 +3,10 @@
 `dvc exp show` puts one experiment per line and every number in a column: Table 1 alone is
 over twenty columns, wider than a terminal. This prints one experiment per column instead:
 first the parameters that differ between the experiments shown (always `train.alpha` and
-`train.beta`), then each headline metric of `reports/metrics.json` as `mean±sd`. It reads
-`dvc exp show --json` (run here, or `--json FILE`, `-` for stdin); experiments without
-metrics (queued, failed) are left out. Each column is about 12 characters wide: 14
-experiments fit in 200 columns.
+`train.beta`), then each headline metric (`reports/metrics/<row>.json`'s `<input>`) as
+`<row>_<input>`, `mean±sd`. It reads `dvc exp show --json` (run here, or `--json FILE`,
+`-` for stdin); experiments without metrics (queued, failed) are left out. Each column is
+about 12 characters wide: 14 experiments fit in 200 columns.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 from pipeline.errors import UserError
 from pipeline.stages import run_stage
 
-HEADLINE = "reports/metrics.json"
+HEADLINE = "reports/metrics/"  # one file per row of Table 1: <row>.json
 ALWAYS = ("train.alpha", "train.beta")
 
 
@@ -70,7 +70,10 @@ def experiments(shown: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], 
 
     def walk(entry: dict[str, Any]) -> None:
         data = entry.get("data") or {}
-        metrics = ((data.get("metrics") or {}).get(HEADLINE) or {}).get("data") or {}
+        metrics = {f"{Path(name).stem}_{key}": value
+                   for name, body in (data.get("metrics") or {}).items()
+                   if name.startswith(HEADLINE)
+                   for key, value in ((body or {}).get("data") or {}).items()}
         params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
         if metrics:
             rev = str(entry.get("rev", "?"))
