@@ -61,13 +61,21 @@ def test_a_model_stage_runs_its_own_model_files_only():
                                                                "pipeline/classical/"))]
 
 
-def test_every_stage_after_params_depends_on_its_section_file():
+def test_params_runs_before_every_other_stage():
+    """Every stage descends from `params` (DVC runs it first: a refused value deletes
+    nothing), which writes one file per section; download depends on its own."""
+    import networkx as nx
+    from dvc.repo import Repo
+
     outs = [next(iter(o)) for o in STAGES["params"]["outs"]]
     assert outs == [f"data/params/{s}.json" for s in SECTIONS]
-    for stage in set(STAGES) - {"params"}:
-        command = stage_code(STAGES[stage])[0]
-        section = {"classical": "classical"}.get(command, command)
-        assert f"data/params/{section}.json" in body(stage)["deps"], stage
+    assert "data/params/download.json" in body("download")["deps"]
+    with Repo(str(ROOT)) as repo:
+        graph = repo.index.graph  # edges point from a stage to the stages it depends on
+        [params] = [s for s in graph if s.addressing == "params"]
+        late = [s.addressing for s in graph if s is not params
+                and not nx.has_path(graph, s, params)]
+    assert not late, f"dvc.yaml: {late} do not depend on `params`, directly or not"
 
 
 def test_closure_follows_imports_inside_functions_and_parent_packages():

@@ -2,12 +2,13 @@
 
 DVC deletes a stage's outputs before it runs the stage's command, so a bad value met by a
 later stage (`dvc exp run -S train.alpha=-0.5`) would cost that stage's results. This
-stage comes first (every other stage depends on one of its files): it loads the parameters
-file as every stage does (`load_config`: every section, the active profile, the keys
-dvc.yaml reads), checks every other profile's values on the paper's, and only then writes
-the effective configuration, one file per section, `--out/<section>.json`. A refused value
+stage comes first (`download` depends on its file, every other stage on `download`'s
+outputs): it loads the parameters file as every stage does (`load_config`: every section,
+the active profile, the keys dvc.yaml reads), checks every other profile's values on the
+paper's, and only then writes the effective configuration, one file per section,
+`--out/<section>.json`. A refused value
 ends here with one line and exit status 2, and DVC runs nothing else. Editing one key
-changes only its section's file, so only the stages of that section run again.
+changes only its section's file (which stages re-run is the `params` lists' of dvc.yaml).
 `train.models` and `classical.models` are left out: they name which stages dvc.yaml runs
 and which rows the report shows, not how a model trains.
 """
