@@ -232,13 +232,17 @@ def test_editing_one_model_file_puts_only_its_stages_out_of_date(repo):
     assert out_of_date(repo) == set()
 
 
-def test_exp_run_dry_alpha_would_run_only_the_vae_train_stages(repo):
-    """DVC's dry run lists the stages whose own deps changed: params (a second's check) and
-    every VAE train stage, not the classical ones (the report follows them, next test)."""
+def test_editing_alpha_puts_only_the_vae_train_stages_out_of_date(repo):
+    """`train.alpha` changed: `dvc status` and DVC's dry run list `params` (a second's
+    check) and every VAE train stage, not the classical ones; the report follows the train
+    stages (next tests). (`dvc exp run --dry` fails in DVC 3.67: its copy lacks the data.)"""
     run(repo, "git", "checkout", "--", ".")
-    proc = dvc(repo, "exp", "run", "--dry", "-S", "train.alpha=0.5")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["alpha"] = 0.5
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     expected = {f"train_{m}@{t}" for m in MODELS for t in (1, 2)} | {"params"}
-    assert ran_stages(proc.stdout) == expected
+    assert out_of_date(repo) == expected
+    assert ran_stages(dvc(repo, "repro", "--dry").stdout) == expected
     run(repo, "git", "checkout", "--", ".")
 
 
