@@ -281,6 +281,11 @@ def test_exp_run_alpha_reruns_only_train_and_report(repo):
     alpha = [exp for exp in shown if exp["params"].get("train.alpha") == 0.5]
     assert alpha and all(f"reports/metrics/hmvae_kl.json:{key}" in alpha[0]["metrics"]
                          for key in ("rgb", "depth", "both"))
+    # the README's `dvc exp show` (a few columns kept) fits a 200-column terminal
+    table = dvc(repo, "exp", "show", "--drop", ".*", "--keep",
+                "Experiment|train.alpha|train.beta|.*/hmvae_kl.json:(rgb|depth|both)$").stdout
+    assert "hmvae_kl.json:both" in table
+    assert max(len(line.rstrip()) for line in table.splitlines()) <= 200
 
 
 def test_set_on_a_key_the_profile_overrides_is_refused(repo):
