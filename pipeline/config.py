@@ -59,7 +59,6 @@ PREDICTIONS = typing.get_args(Prediction)
 # pipeline/classical (`CLASSICAL`); tests/test_config.py checks both registries.
 VAE_MODELS = ("m2", "sdgm", "ss_mvae", "ss_hmvae", "ss_hmvae_kl", "mlp")
 CLASSICAL_MODELS = ("ct_svm", "cotraining", "label_spreading")
-MODEL_NAMES = (*VAE_MODELS, *CLASSICAL_MODELS)
 
 
 class ConfigError(UserError):
@@ -212,7 +211,7 @@ class ExtractConfig:
 class TrainConfig:
     """The generative models' hyper-parameters (Section 4 and Appendix C)."""
 
-    models: tuple[str, ...] = MODEL_NAMES
+    models: tuple[str, ...] = VAE_MODELS
     alpha: float = 1.0  # eq. (3): weight of log q(y|x,w) on labelled data
     beta: float = 1.0  # eq. (4): weight of the KL terms of SS-HMVAE-kl
     epochs: int = 200
@@ -246,9 +245,9 @@ class TrainConfig:
     device: str = "auto"
 
     def check(self) -> None:
-        unknown = [m for m in self.models if m not in MODEL_NAMES]
+        unknown = [m for m in self.models if m not in VAE_MODELS]
         _require(not unknown and len(self.models) > 0, "train.models", list(self.models),
-                 f"a non-empty list of {', '.join(MODEL_NAMES)}")
+                 f"a non-empty list of {', '.join(VAE_MODELS)}")
         _require(self.alpha >= 0, "train.alpha", self.alpha, "a number >= 0")
         _require(self.beta >= 0, "train.beta", self.beta, "a number >= 0")
         _require(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
@@ -264,6 +263,19 @@ class TrainConfig:
                  "an integer >= 1")
         _require(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, "a number >= 0")
         _check_device("train.device", self.device)
+
+
+@dataclass(frozen=True)
+class ClassicalConfig:
+    """The classical peers (pipeline/classical, the `classical` stage): no network."""
+
+    models: tuple[str, ...] = CLASSICAL_MODELS
+    seed: int = 0
+
+    def check(self) -> None:
+        unknown = [m for m in self.models if m not in CLASSICAL_MODELS]
+        _require(not unknown and len(self.models) > 0, "classical.models", list(self.models),
+                 f"a non-empty list of {', '.join(CLASSICAL_MODELS)}")
 
 
 @dataclass(frozen=True)
@@ -294,6 +306,7 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    classical: ClassicalConfig = field(default_factory=ClassicalConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
@@ -360,9 +373,9 @@ def load_config(
         origin = f"{where}: profiles.{profile}.{section}"
         if not isinstance(values, dict):
             raise ConfigError(f"{origin}: expected a mapping of keys, got {values!r}")
-        if section == "train" and "models" in values:
-            raise ConfigError(f"{origin}.models: a profile cannot change train.models "
-                              "(dvc.yaml's matrix reads train.models itself); edit train.models")
+        if section in ("train", "classical") and "models" in values:
+            raise ConfigError(f"{origin}.models: a profile cannot change {section}.models "
+                              f"(dvc.yaml reads {section}.models itself); edit {section}.models")
         for key, value in values.items():
             _refuse_shadowed(raw, section, key, value, profile, where)
             _assign(raw, f"{section}.{key}", value, origin)

@@ -1,49 +1,61 @@
-"""Table 1: per-trial accuracies of every model aggregated to mean ± std, as JSON, Markdown, PNG.
+"""Table 1: per-trial accuracies of every model aggregated to mean ± std, as JSON, CSV, PNG.
 
 Rows follow the paper, grouped as it groups them (unimodal, multimodal, proposed; models in
-`train.models` order within a group, SS-HMVAE's iterative sampling as its own row), then the
-references: the labelled-only MLP, the fine-tuned VGG16 networks (the supervised reference)
-and label spreading (the classical peer). Columns are the
-input modalities and their joint key (`rgb`, `depth`, `rgb+depth`). Accuracies are percent;
-std is the sample standard deviation over the trials run (ddof = 1; 0 for one trial).
+`train.models` order within a group, SS-HMVAE's iterative sampling as its own row), then our
+co-training rows, each beside the labelled-only SVMs it starts from, then the references:
+the labelled-only MLP, the fine-tuned VGG16 networks (the supervised reference) and label
+spreading. With the paper's numbers, the paper's CT+SVM† and Co-training† (numbers it copied
+from Cheng et al.) are rows of their own, with no run of ours. Titles: `pipeline/titles.py`.
+Columns are the input modalities and their joint key (`rgb`, `depth`, `rgb+depth`).
+Accuracies are percent; std is the sample standard deviation over the trials run (ddof = 1;
+0 for one trial). Every trial's number is kept (`table1.json`, `table1-trials.csv`), also for
+every prediction option a model was evaluated with (`accuracy_by_option` of its runs).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline import titles
 from pipeline.atomic import atomic_path
 from pipeline.errors import UserError
 
 KEYS = ("rgb", "depth", "rgb+depth")
 VGG16_ROW = "vgg16"
 ITERATIVE_ROW = "ss_hmvae_iterative"
+# The sections of a run's metrics.json that fill a row of Table 1: section -> row id suffix.
+SECTIONS = {"accuracy": "", "accuracy_iterative": "_iterative", "accuracy_start": "_start"}
 
 # Table 1's groups of rows, in order; a row in none of them goes last, with the references.
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("unimodal", ("m2", "sdgm")),
-    ("multimodal", ("ct_svm", "cotraining", "ss_mvae")),
+    ("multimodal", ("paper_ct_svm", "paper_cotraining", "ss_mvae")),
     ("proposed", ("ss_hmvae", ITERATIVE_ROW, "ss_hmvae_kl")),
+    ("co-training (ours)", ("ct_svm", "ct_svm_start", "cotraining", "cotraining_start")),
     ("reference", ("mlp", VGG16_ROW, "label_spreading")),
 )
 
 # Suzuki & Matsuo, Table 1: mean and std (%) over 10 trials, 5% labelled; std None where the
-# paper gives none (CT+SVM's numbers, copied by the paper from Cheng et al., 2015).
+# paper gives none. The `paper_` rows are the paper's † rows, copied by it from Cheng et al.
+# (2015, 2016): no run of ours computes them, so they are rows of their own.
 PAPER_TABLE1: dict[str, dict[str, tuple[float, float | None]]] = {
     "m2": {"rgb": (85.6, 1.6), "depth": (72.0, 1.7)},
     "sdgm": {"rgb": (85.6, 1.9), "depth": (75.8, 1.7)},
-    "ct_svm": {"rgb": (78.7, None), "depth": (75.4, None), "rgb+depth": (83.7, None)},
-    "cotraining": {"rgb": (85.5, 2.0), "depth": (82.6, 2.3), "rgb+depth": (89.2, 1.3)},
+    "paper_ct_svm": {"rgb": (78.7, None), "depth": (75.4, None), "rgb+depth": (83.7, None)},
+    "paper_cotraining": {"rgb": (85.5, 2.0), "depth": (82.6, 2.3), "rgb+depth": (89.2, 1.3)},
     "ss_mvae": {"rgb": (79.6, 1.8), "depth": (34.4, 7.0), "rgb+depth": (89.9, 1.7)},
     "ss_hmvae": {"rgb": (85.4, 2.2), "depth": (41.5, 6.7), "rgb+depth": (90.6, 1.6)},
     ITERATIVE_ROW: {"rgb": (86.4, 2.1), "depth": (54.8, 1.9), "rgb+depth": (90.6, 1.6)},
     "ss_hmvae_kl": {"rgb": (86.8, 2.2), "depth": (81.1, 2.4), "rgb+depth": (90.2, 1.4)},
 }
+PAPER_ONLY = ("paper_ct_svm", "paper_cotraining")
 
 
 @dataclass
@@ -73,23 +85,25 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: not valid JSON: {err}") from err
 
 
-def collect(*, vae: Path, vgg16: Path, models: Sequence[str], trials: Sequence[int],
-            titles: dict[str, str]) -> list[Row]:
-    """Read `vae/<model>/trial-K/metrics.json` and `vgg16/trial-K-<modality>/metrics.json`."""
+def read_runs(folders: Mapping[str, Path], trials: Sequence[int]) -> dict[str, list[dict]]:
+    """model -> the `metrics.json` of each trial, from `folders[model]/trial-K/`."""
+    return {model: [_read_json(folder / f"trial-{t}" / "metrics.json") for t in trials]
+            for model, folder in folders.items()}
+
+
+def collect(runs: Mapping[str, Sequence[dict]], *, vgg16: Path,
+            trials: Sequence[int]) -> list[Row]:
+    """Table 1's rows from `read_runs`' metrics and `vgg16/trial-K-<modality>/metrics.json`."""
     rows: list[Row] = []
-    for model in models:
-        row = Row(model, titles[model])
-        iterative = Row(ITERATIVE_ROW, f"{titles[model]} (iterative sampling)")
-        for trial in trials:
-            path = vae / model / f"trial-{trial}" / "metrics.json"
-            metrics = _read_json(path)
-            for target, section in ((row, "accuracy"), (iterative, "accuracy_iterative")):
-                for key, value in (metrics.get(section) or {}).items():
-                    target.values.setdefault(key, []).append(float(value))
-        rows.append(row)
-        if iterative.values:
-            rows.append(iterative)
-    reference = Row(VGG16_ROW, "VGG16 fine-tuned, labelled only (supervised reference)")
+    for model, metrics in runs.items():
+        for section, suffix in SECTIONS.items():
+            row = Row(model + suffix, titles.title(model + suffix))
+            for run in metrics:
+                for key, value in (run.get(section) or {}).items():
+                    row.values.setdefault(key, []).append(float(value))
+            if row.values or not suffix:
+                rows.append(row)
+    reference = Row(VGG16_ROW, titles.title(VGG16_ROW))
     for trial in trials:
         for modality in ("rgb", "depth"):
             path = vgg16 / f"trial-{trial}-{modality}" / "metrics.json"
@@ -99,6 +113,25 @@ def collect(*, vae: Path, vgg16: Path, models: Sequence[str], trials: Sequence[i
             reference.values.setdefault(modality, []).append(float(accuracy))
     rows.append(reference)
     return grouped(rows)
+
+
+def options(runs: Mapping[str, Sequence[dict]]) -> list[Row]:
+    """A row `model:method:option` for every option of every run's `accuracy_by_option`."""
+    rows: dict[str, Row] = {}
+    for model, metrics in runs.items():
+        for run in metrics:
+            for method, by_option in (run.get("accuracy_by_option") or {}).items():
+                for option, accuracy in by_option.items():
+                    name = f"{model}:{method}:{option}"
+                    row = rows.setdefault(name, Row(name, name))
+                    for key, value in accuracy.items():
+                        row.values.setdefault(key, []).append(float(value))
+    return list(rows.values())
+
+
+def with_paper_rows(rows: Sequence[Row], paper: bool) -> list[Row]:
+    """`rows`, and with the paper's numbers the rows that only the paper has."""
+    return grouped([*rows, *(Row(i, titles.title(i)) for i in PAPER_ONLY)]) if paper else list(rows)
 
 
 def group_of(row_id: str) -> str:
@@ -111,43 +144,63 @@ def grouped(rows: Sequence[Row]) -> list[Row]:
     return sorted(rows, key=lambda row: order.index(group_of(row.id)))
 
 
-def to_json(rows: Sequence[Row], *, profile: str, trials: Sequence[int],
-            paper: bool) -> dict[str, Any]:
-    table: dict[str, Any] = {}
-    for row in rows:
-        cells = {}
-        for key in KEYS:
-            stats = row.stats(key)
-            if stats is not None:
-                cells[key] = {"mean": round(stats[0], 2), "std": round(stats[1], 2)}
-                if paper and key in PAPER_TABLE1.get(row.id, {}):
-                    cells[key]["paper_mean"], cells[key]["paper_std"] = PAPER_TABLE1[row.id][key]
-        table[row.id] = cells
+def _cells(row: Row, paper: bool) -> dict[str, Any]:
+    cells = {}
+    for key in KEYS:
+        stats = row.stats(key)
+        if stats is not None:
+            cells[key] = {"mean": round(stats[0], 2), "std": round(stats[1], 2),
+                          "trials": [round(100.0 * v, 4) for v in row.values[key]]}
+        if paper and key in PAPER_TABLE1.get(row.id, {}):
+            cells.setdefault(key, {})
+            cells[key]["paper_mean"], cells[key]["paper_std"] = PAPER_TABLE1[row.id][key]
+    return cells
+
+
+def to_json(rows: Sequence[Row], *, profile: str, trials: Sequence[int], paper: bool,
+            by_option: Sequence[Row] = ()) -> dict[str, Any]:
+    """Each cell: mean, std and every trial's accuracy (%, in the order of `trials`); with
+    the paper's numbers, paper_mean and paper_std. `by_option`: the same for `options`."""
+    rows = with_paper_rows(rows, paper)
     groups = {name: [r.id for r in rows if group_of(r.id) == name] for name, _ in GROUPS}
-    return {"profile": profile, "trials": list(trials), "unit": "accuracy %", "table1": table,
-            "groups": {name: ids for name, ids in groups.items() if ids}}
+    return {"profile": profile, "trials": list(trials), "unit": "accuracy %",
+            "table1": {row.id: _cells(row, paper) for row in rows},
+            "groups": {name: ids for name, ids in groups.items() if ids},
+            "by_option": {row.id: _cells(row, False) for row in by_option}}
+
+
+def trials_csv(rows: Sequence[Row], trials: Sequence[int]) -> str:
+    """One line per row, input and trial: `row,input,trial,accuracy` (%), for a paired test."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["row", "input", "trial", "accuracy"])
+    for row in rows:
+        for key in KEYS:
+            for trial, value in zip(trials, row.values.get(key, []), strict=False):
+                writer.writerow([row.id, key, trial, round(100.0 * value, 4)])
+    return out.getvalue()
 
 
 INPUT_NAMES = {"rgb": "rgb", "depth": "depth", "rgb+depth": "both"}
 
 
-def headline(rows: Sequence[Row]) -> dict[str, float]:
-    """Table 1 as flat, short metric names for `dvc exp show` (`reports/metrics.json`).
+def headline(rows: Sequence[Row]) -> dict[str, dict[str, float]]:
+    """Table 1 as DVC metrics: one small file per row (`reports/metrics/<name>.json`), so
+    that `dvc metrics show` prints one line per row and six columns, readable at 200 columns.
 
-    `<row>_<input>` is the mean and `<row>_<input>_sd` the std (%), for every row the report
-    has (models of `train.models`, the iterative-sampling row, VGG16); the row's `ss_` prefix
-    is dropped and `_iterative` shortened to `_it`, the input is `rgb`, `depth` or `both`:
-    `hmvae_kl_both`, `hmvae_it_depth_sd`. Every other detail stays in `table1.json`.
+    Each holds `<input>` (the mean) and `<input>_sd` (the std), %, for the inputs the row has
+    (`rgb`, `depth`, `both`). `<name>` is the row's id with `ss_` dropped and `_iterative`
+    shortened to `_it`: `hmvae_kl`, `hmvae_it`. Every other detail stays in `table1.json`.
     """
-    flat: dict[str, float] = {}
+    files: dict[str, dict[str, float]] = {}
     for row in rows:
         name = row.id.removeprefix("ss_").replace("_iterative", "_it")
         for key in KEYS:
             stats = row.stats(key)
             if stats is not None:
-                flat[f"{name}_{INPUT_NAMES[key]}"] = round(stats[0], 2)
-                flat[f"{name}_{INPUT_NAMES[key]}_sd"] = round(stats[1], 2)
-    return flat
+                files.setdefault(name, {})[INPUT_NAMES[key]] = round(stats[0], 2)
+                files[name][f"{INPUT_NAMES[key]}_sd"] = round(stats[1], 2)
+    return files
 
 
 def _cell(stats: tuple[float, float, int] | None) -> str:
@@ -167,7 +220,7 @@ def to_markdown(rows: Sequence[Row], *, profile: str, trials: Sequence[int],
         head += ["paper RGB", "paper depth", "paper RGB+depth"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     previous = None
-    for row in rows:
+    for row in with_paper_rows(rows, paper):
         group = group_of(row.id)
         cells = [group if group != previous else "", row.title]
         cells += [_cell(row.stats(k)) for k in KEYS]
@@ -178,7 +231,10 @@ def to_markdown(rows: Sequence[Row], *, profile: str, trials: Sequence[int],
         lines.append("| " + " | ".join(cells) + " |")
     note = (f"Accuracy (%) on the held-out instances, mean ± std (sample, ddof = 1) over "
             f"{len(trials)} trial(s) {list(trials)}; profile `{profile}`.")
-    if not paper:
+    if paper:
+        note += (" †: numbers the paper copied from Cheng et al. (2015, 2016), not run here; "
+                 "our co-training rows are our own algorithm (docs/models.md).")
+    else:
         note += (" The paper's numbers are shown only for the paper profile (this profile's "
                  "data and settings are not comparable with them).")
     return "# Table 1\n\n" + "\n".join(lines) + "\n\n" + note + "\n"
@@ -208,6 +264,78 @@ def plot(rows: Sequence[Row], path: Path, *, title: str) -> None:
     ax.set_ylim(0, 100)
     ax.set_title(title)
     ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+# The learning curves drawn for people (reports/curves/<name>.png) and for `dvc plots show`
+# (reports/curves/<name>.csv, dvc.yaml's top-level plots): name -> (DVCLive metric, title).
+CURVES: dict[str, tuple[str, str]] = {
+    "test-accuracy-rgb": ("test/accuracy/rgb", "Test accuracy (%), RGB input"),
+    "test-accuracy-depth": ("test/accuracy/depth", "Test accuracy (%), depth input"),
+    "test-accuracy-both": ("test/accuracy/rgb+depth", "Test accuracy (%), RGB + depth input"),
+    "train-loss": ("train/loss", "Training loss (the negative bound of eq. (4))"),
+}
+
+
+def read_curves(folders: Mapping[str, Path], trials: Sequence[int],
+                metric: str) -> dict[str, list[dict[int, float]]]:
+    """model -> per trial, step -> value of DVCLive's `metric` (a model without it: none)."""
+    found: dict[str, list[dict[int, float]]] = {}
+    for model, folder in folders.items():
+        for trial in trials:
+            path = folder / f"trial-{trial}" / "dvclive" / "plots" / "metrics" / f"{metric}.tsv"
+            if path.is_file():
+                lines = list(csv.DictReader(path.read_text().splitlines(), delimiter="\t"))
+                name = metric.rpartition("/")[2]
+                found.setdefault(model, []).append(
+                    {int(line["step"]): float(line[name]) for line in lines})
+    return found
+
+
+def _mean_curve(curves: Sequence[dict[int, float]]) -> dict[int, float]:
+    """The mean over trials at each step all of them have."""
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    return {step: sum(c[step] for c in curves) / len(curves) for step in steps}
+
+
+def curve_csv(curves: Mapping[str, Sequence[dict[int, float]]], models: Sequence[str],
+              scale: float) -> str:
+    """`step,<model>,...`: each model's mean over trials (empty where it has none)."""
+    means = {m: _mean_curve(curves[m]) for m in models if curves.get(m)}
+    steps = sorted(set().union(*(set(c) for c in means.values())))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["step", *models])
+    for step in steps:
+        writer.writerow([step, *("" if step not in means.get(m, {}) else
+                                 round(scale * means[m][step], 4) for m in models)])
+    return out.getvalue()
+
+
+def plot_curve(curves: Mapping[str, Sequence[dict[int, float]]], path: Path, *, title: str,
+               scale: float) -> None:
+    """Every model's trials overlaid (thin lines) and their mean (thick), one colour a model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (model, runs) in enumerate(curves.items()):
+        colour = f"C{i % 10}"
+        for run in runs:
+            ax.plot(list(run), [scale * v for v in run.values()], color=colour, lw=0.6,
+                    alpha=0.4)
+        mean = _mean_curve(runs)
+        ax.plot(list(mean), [scale * v for v in mean.values()], color=colour, lw=2,
+                label=titles.title(model))
+    ax.set_xlabel("epoch")
+    ax.set_title(title if curves else f"{title}: no model logged it")
+    if curves:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})

@@ -5,7 +5,7 @@ renamed when complete (a killed stage never leaves a file that looks whole), and
 timestamps (`track_times=False`), so identical data gives identical bytes for DVC.
 
 - `ssmvae-features/1`: per-modality features, labels and the trial's masks; the contract
-  between feature extraction and the generative models (see DESIGN.md).
+  between feature extraction and the generative models (see docs/architecture.md).
 - `ssmvae-images/1`: the preprocessed 148x148 RGB and jet-coloured depth crops.
 - `ssmvae-splits/1`: per trial, which frames are held out and which training frames are
   labelled, aligned row by row with the images file.

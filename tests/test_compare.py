@@ -17,14 +17,16 @@ BIN = Path(sys.executable).parent
 # report's headline metrics (a mean and its _sd) computed from the parameters.
 WRITE = """import json, os, yaml
 p = yaml.safe_load(open("params.yaml"))
-os.makedirs("reports", exist_ok=True)
-json.dump({"hmvae_kl_both": 60 + p["train"]["alpha"], "hmvae_kl_both_sd": 1.25, "m2_rgb": 50.0},
-          open("reports/metrics.json", "w"))
+os.makedirs("reports/metrics", exist_ok=True)
+json.dump({"both": 60 + p["train"]["alpha"], "both_sd": 1.25},
+          open("reports/metrics/hmvae_kl.json", "w"))
+json.dump({"rgb": 50.0}, open("reports/metrics/m2.json", "w"))  # rgb: in two files
+json.dump({"rgb": 40.0, "rgb_sd": 2.0}, open("reports/metrics/mlp.json", "w"))
 """
 DVC_YAML = {"stages": {"report": {
     "cmd": "python write.py", "deps": ["write.py"], "params": ["train", "profiles.demo.train",
                                                                "report"],
-    "metrics": [{"reports/metrics.json": {"cache": False}}]}}}
+    "metrics": [{"reports/metrics": {"cache": False}}]}}}
 PARAMS = {"profile": "demo", "train": {"alpha": 1.0, "beta": 1.0},
           "report": {"paper_reference": True},
           "profiles": {"demo": {"train": {"epochs": 20}}}}
@@ -73,6 +75,7 @@ def test_experiments_become_columns_with_changed_params_and_headline_rows(repo, 
     assert "write.py" not in rows  # a dependency's hash is neither parameter nor metric
     assert rows["hmvae_kl_both"] == ["60.5±1.2", "61.0±1.2", "62.0±1.2"]
     assert rows["m2_rgb"] == ["50.0", "50.0", "50.0"] and "m2_rgb_sd" not in rows
+    assert rows["mlp_rgb"] == ["40.0±2.0"] * 3
     assert len({len(line) for line in lines[1:]}) == 1  # aligned columns
 
 

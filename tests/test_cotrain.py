@@ -12,9 +12,9 @@ import torch
 from pipeline.classical import CLASSICAL
 from pipeline.classical.cotrain import CoTrainSettings, cotrain
 from pipeline.classical.experiment import train_and_evaluate_classical
-from pipeline.config import MODEL_NAMES, TrainConfig
+from pipeline.config import CLASSICAL_MODELS, TrainConfig
 from pipeline.errors import UserError
-from pipeline.stages.train import main as train_main
+from pipeline.stages.classical import main as classical_main
 from pipeline.store import FeatureSet, write_features
 from tests.digits import digits_views
 
@@ -124,8 +124,8 @@ def test_stage_writes_the_train_stage_files(tmp_path, capsys):
     features = tmp_path / "digits.h5"
     write_features(features, digits_views(seed=0))
     out = tmp_path / "ct"
-    assert train_main(["--params", "params.yaml", "--features", str(features), "--model",
-                       "ct_svm", "--out", str(out), "--no-progress"]) == 0
+    assert classical_main(["--params", "params.yaml", "--features", str(features), "--model",
+                           "ct_svm", "--out", str(out), "--no-progress"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["accuracy"]) == ["left", "right", "left+right"]
     assert metrics["accuracy_by_method"]["joint"]["left+right"] == metrics["accuracy"][
@@ -160,8 +160,8 @@ def test_one_modality_file_is_refused_before_writing(tmp_path, capsys, model):
         features={"left": data.features["left"]}, label=data.label, is_test=data.is_test,
         is_labeled=data.is_labeled, categories=data.categories))
     out = tmp_path / "out"
-    assert train_main(["--params", "params.yaml", "--features", str(features), "--model",
-                       model, "--out", str(out)]) == 2
+    assert classical_main(["--params", "params.yaml", "--features", str(features), "--model",
+                           model, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert str(features) in err and "needs exactly two modalities" in err
     assert not out.exists()
@@ -170,14 +170,14 @@ def test_one_modality_file_is_refused_before_writing(tmp_path, capsys, model):
 
 
 def test_registry_names_are_valid_train_models():
-    assert set(CLASSICAL) <= set(MODEL_NAMES)
+    assert set(CLASSICAL) == set(CLASSICAL_MODELS)
     assert not set(CLASSICAL) & set(__import__("pipeline.vae").vae.MODELS)
 
 
 def test_params_yaml_trains_them():
     import yaml
 
-    models = yaml.safe_load(Path("params.yaml").read_text())["train"]["models"]
+    models = yaml.safe_load(Path("params.yaml").read_text())["classical"]["models"]
     assert set(CLASSICAL) <= set(models)
 
 

@@ -1,16 +1,20 @@
 """The DVC pipeline end to end, on a tiny profile, in a temporary git repository.
 
 The recipe of PRIOR-ART.md: copy the project's files, `git init` with one commit, shrink the
-demo profile, `dvc repro`, then `dvc status` must be clean; `dvc exp run -S train.alpha=...`
-must re-run only `train` and `report`; a killed training stage resumes from its checkpoint;
-the paper profile validates without network and its download fails with a clear message.
-`dvc exp show` holds the report's headline metrics only; a queued two-point sweep runs; `-S`
-on a key the profile overrides fails naming the profile's key, which works.
+demo profile (and drop the train stages of the models it does not train), `dvc repro`, then
+`dvc status` must be clean; `dvc exp run -S train.alpha=...` must re-run only the VAE train
+stages and `report` (and the cheap `params` check); editing one model's file puts only that
+model's stages out of date; a refused `-S` changes no output's bytes; a killed training stage
+resumes from its checkpoint; the paper profile validates without network and its download
+fails with a clear message. `dvc exp show` holds the report's headline metrics only; a queued
+two-point sweep runs; `-S` on a key the profile overrides fails naming the profile's key,
+which works.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -35,10 +39,12 @@ TINY = {  # the demo profile, shrunk so that the whole chain takes about a minut
     "extract": {"batch_size": 16},
     "train": {"epochs": 2, "hidden": 16, "a_dim": 8, "z_dim": 8, "iterative_steps": 2,
               "batch_size": 16, "labeled_batch_size": 8},
+    "classical": {},
     "report": {},
     "launch": {},
 }
 MODELS = ["m2", "ss_hmvae", "ss_hmvae_kl"]
+CLASSICAL = ["cotraining"]
 
 pytestmark = pytest.mark.slow
 
@@ -64,8 +70,9 @@ def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
     return run(repo, str(BIN / "dvc"), *args, check=check)
 
 
-def make_repo(dest: Path, edit) -> Path:
-    """Copy the project's files (tracked or not ignored) into a fresh git repo, one commit."""
+def make_repo(dest: Path, edit, models: list[str] | None = None) -> Path:
+    """Copy the project's files (tracked or not ignored) into a fresh git repo, one commit;
+    with `models`, dvc.yaml keeps only their train stages."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     for name in files:
@@ -76,6 +83,12 @@ def make_repo(dest: Path, edit) -> Path:
     params = yaml.safe_load((dest / "params.yaml").read_text())
     edit(params)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if models is not None:
+        text = (dest / "dvc.yaml").read_text()
+        for stage in yaml.safe_load(text)["stages"]:
+            if stage.startswith("train_") and stage.removeprefix("train_") not in models:
+                text = re.sub(rf"\n  {stage}:\n.*?\n\n", "\n", text, flags=re.DOTALL)
+        (dest / "dvc.yaml").write_text(text)
     run(dest, "git", "init", "-q")
     run(dest, "git", "add", "-A")
     run(dest, "git", "commit", "-qm", "copy")
@@ -87,6 +100,7 @@ def tiny(params: dict) -> None:
     params["trials"] = [1, 2]
     params["profiles"]["demo"] = TINY
     params["train"]["models"] = MODELS
+    params["classical"]["models"] = CLASSICAL
 
 
 def ran_stages(output: str) -> set[str]:
@@ -99,7 +113,7 @@ FIRST_REPRO: dict[str, str] = {}
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """The tiny project after one `dvc repro`, its results committed as a baseline."""
-    path = make_repo(tmp_path_factory.mktemp("e2e"), tiny)
+    path = make_repo(tmp_path_factory.mktemp("e2e"), tiny, MODELS)
     FIRST_REPRO["stdout"] = dvc(path, "repro").stdout
     run(path, "git", "add", "-A")
     run(path, "git", "commit", "-qm", "dvc repro")
@@ -108,8 +122,10 @@ def repo(tmp_path_factory) -> Path:
 
 def test_repro_runs_every_stage_and_leaves_status_clean(repo):
     stages = {line.split()[0] for line in dvc(repo, "stage", "list").stdout.splitlines()}
-    assert {"download", "preprocess", "split", "finetune@1-rgb", "finetune@2-depth",
-            "extract@1", "extract@2", "train@ss_hmvae-2", "report"} <= stages
+    assert {"params", "download", "preprocess", "split", "finetune@1-rgb", "finetune@2-depth",
+            "extract@1", "extract@2", "train_ss_hmvae@2", "classical@cotraining-1",
+            "report"} <= stages
+    assert not [s for s in stages if s.startswith("train_sdgm")]
     assert ran_stages(FIRST_REPRO["stdout"]) == stages
     assert "Data and pipelines are up to date." in dvc(repo, "status").stdout
     assert ran_stages(dvc(repo, "repro").stdout) == set()  # nothing changed: nothing runs
@@ -125,19 +141,36 @@ def test_metrics_hold_real_accuracies(repo):
             assert keys <= set(metrics["accuracy"])
             assert all(0.0 <= v <= 1.0 for v in metrics["accuracy"].values())
     table = json.loads((repo / "reports/table1.json").read_text())
-    assert set(table["table1"]) == {"m2", "ss_hmvae", "ss_hmvae_iterative", "ss_hmvae_kl", "vgg16"}
+    rows = {"m2", "ss_hmvae", "ss_hmvae_iterative", "ss_hmvae_kl", "vgg16", "cotraining"}
+    assert rows <= set(table["table1"]) <= rows | {"cotraining_start"}
     cell = table["table1"]["ss_hmvae"]["rgb+depth"]
-    assert 0.0 <= cell["mean"] <= 100.0 and cell["std"] >= 0.0
+    assert 0.0 <= cell["mean"] <= 100.0 and cell["std"] >= 0.0 and len(cell["trials"]) == 2
     assert "paper_mean" not in cell  # the paper's numbers only beside the paper profile
     markdown = (repo / "reports/table1.md").read_text()
     assert "| SS-HMVAE (iterative sampling) |" in markdown and " ± " in markdown
+    assert "co-training, diverse picks, linear SVMs on fc1 (ours)" in markdown
     assert (repo / "reports/table1.png").read_bytes()[:4] == b"\x89PNG"
-    # The headline metrics are the report's alone: per-run files and DVCLive are not metrics.
+    trials_csv = (repo / "reports/table1-trials.csv").read_text().splitlines()
+    assert trials_csv[0] == "row,input,trial,accuracy" and "ss_hmvae,rgb+depth,2," in (
+        "\n".join(trials_csv))
+    # The headline metrics are the report's alone, one small file per row: per-run files and
+    # DVCLive are not metrics, and `dvc metrics show` fits a 200-column terminal.
     shown = json.loads(dvc(repo, "metrics", "show", "--json").stdout)
-    files = [name for rev in shown.values() for name in rev.get("data", {})]
-    assert files == ["reports/metrics.json"]
-    headline = json.loads((repo / "reports/metrics.json").read_text())
-    assert headline["hmvae_both"] == cell["mean"] and headline["hmvae_both_sd"] == cell["std"]
+    files = {name for rev in shown.values() for name in rev.get("data", {})}
+    assert files == {f"reports/metrics/{p.name}" for p in (repo / "reports/metrics").iterdir()}
+    assert "reports/metrics/hmvae_kl.json" in files
+    assert max(len(line.rstrip()) for line in dvc(repo, "metrics", "show").stdout
+               .splitlines()) <= 200
+    headline = json.loads((repo / "reports/metrics/hmvae.json").read_text())
+    assert headline["both"] == cell["mean"] and headline["both_sd"] == cell["std"]
+    # `dvc plots show`: the four titled charts of dvc.yaml and the Table 1 bars, no more
+    plots = json.loads(dvc(repo, "plots", "show", "--json").stdout)["data"]
+    assert len(plots) == 5 and "Test accuracy (%), RGB + depth input, mean over trials" in plots
+    for name in ("test-accuracy-rgb", "train-loss"):
+        assert (repo / f"reports/curves/{name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert "--collapse-foreach-matrix" in dvc(repo, "dag", "--help").stdout
+    dag = dvc(repo, "dag", "--collapse-foreach-matrix").stdout.splitlines()
+    assert max(len(line.rstrip()) for line in dag) <= 200
     # each cached output is on disk once: the workspace file is a hard link to the cache's
     for path in ("models/vgg16/trial-1-rgb/model.pt", "data/features/trial-1.h5"):
         assert (repo / path).stat().st_nlink == 2, path
@@ -177,16 +210,82 @@ def experiments(repo: Path) -> list[dict]:
     return found
 
 
+def out_of_date(repo: Path) -> set[str]:
+    return set(json.loads(dvc(repo, "status", "--json").stdout))
+
+
+def test_editing_one_model_file_puts_only_its_stages_out_of_date(repo):
+    """The train stages depend on their model's files, not on whole packages."""
+    run(repo, "git", "checkout", "--", ".")
+    for path, stages in {
+            "pipeline/vae/mvae.py": {"train_m2@1", "train_m2@2"},  # M2 and SS-MVAE's file
+            "pipeline/vae/sdgm.py": set(),  # SDGM's stages are not in this copy
+            "pipeline/vae/hmvae.py": {f"train_{m}@{t}" for m in ("ss_hmvae", "ss_hmvae_kl")
+                                      for t in (1, 2)},
+            "pipeline/classical/cotrain.py": {"classical@cotraining-1",
+                                              "classical@cotraining-2"},
+            "pipeline/report.py": {"report"}}.items():
+        with (repo / path).open("a") as f:
+            f.write("# an edit that changes nothing\n")
+        assert out_of_date(repo) == stages, path
+        run(repo, "git", "checkout", "--", path)
+    assert out_of_date(repo) == set()
+
+
+def test_editing_alpha_puts_only_the_vae_train_stages_out_of_date(repo):
+    """`train.alpha` changed: `dvc status` and DVC's dry run list `params` (a second's
+    check) and every VAE train stage, not the classical ones; the report follows the train
+    stages (next tests). (`dvc exp run --dry` fails in DVC 3.67: its copy lacks the data.)"""
+    run(repo, "git", "checkout", "--", ".")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["alpha"] = 0.5
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    expected = {f"train_{m}@{t}" for m in MODELS for t in (1, 2)} | {"params"}
+    assert out_of_date(repo) == expected
+    assert ran_stages(dvc(repo, "repro", "--dry").stdout) == expected
+    run(repo, "git", "checkout", "--", ".")
+
+
+def output_hashes(repo: Path) -> dict[str, str]:
+    return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for folder in ("data", "models", "reports") for p in (repo / folder).rglob("*")
+            if p.is_file()}
+
+
+def test_refused_set_under_exp_run_changes_no_output(repo):
+    """A bad value fails in the first stage, `params`, with the stage's one line, before DVC
+    deletes anything; what DVC leaves is the edited params.yaml, which git checkout restores
+    (the README says so)."""
+    run(repo, "git", "checkout", "--", ".")
+    before = output_hashes(repo)
+    proc = dvc(repo, "exp", "run", "-S", "train.alpha=-0.5", check=False)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "error: params.yaml: train.alpha: expected a number >= 0, got -0.5" in output
+    assert "Traceback" not in output and ran_stages(output) == {"params"}
+    assert output_hashes(repo) == before
+    changed = run(repo, "git", "status", "--porcelain").stdout.split()
+    assert changed == ["M", "params.yaml"]
+    run(repo, "git", "checkout", "params.yaml")
+    assert out_of_date(repo) == set()
+
+
 def test_exp_run_alpha_reruns_only_train_and_report(repo):
+    run(repo, "git", "checkout", "--", ".")
     proc = dvc(repo, "exp", "run", "-S", "train.alpha=0.5")
-    expected = {f"train@{m}-{t}" for m in MODELS for t in (1, 2)} | {"report"}
+    expected = {f"train_{m}@{t}" for m in MODELS for t in (1, 2)} | {"report", "params"}
     assert ran_stages(proc.stdout) == expected
     shown = experiments(repo)
     columns = {key for exp in shown for key in exp["metrics"]}
     assert len(columns) <= 60, sorted(columns)
     alpha = [exp for exp in shown if exp["params"].get("train.alpha") == 0.5]
-    assert alpha and all(f"reports/metrics.json:hmvae_kl_{key}" in alpha[0]["metrics"]
+    assert alpha and all(f"reports/metrics/hmvae_kl.json:{key}" in alpha[0]["metrics"]
                          for key in ("rgb", "depth", "both"))
+    # the README's `dvc exp show` (a few columns kept) fits a 200-column terminal
+    table = dvc(repo, "exp", "show", "--drop", ".*", "--keep",
+                "Experiment|train.alpha|train.beta|.*/hmvae_kl.json:(rgb|depth|both)$").stdout
+    assert "hmvae_kl.json:both" in table
+    assert max(len(line.rstrip()) for line in table.splitlines()) <= 200
 
 
 def test_set_on_a_key_the_profile_overrides_is_refused(repo):
@@ -199,12 +298,12 @@ def test_set_on_a_key_the_profile_overrides_is_refused(repo):
 
 
 def test_queued_sweep_runs_and_sets_the_profiles_key(repo):
-    """A two-point α sweep (one model, to keep it short) through `dvc exp run --queue` and
+    """A two-point α sweep through `dvc exp run --queue` and
     `dvc queue start`, in DVC's temporary copies; it sets the epochs through the profile's key
     (the route the refusal above names), which must act."""
     run(repo, "git", "checkout", "--", ".")
     dvc(repo, "exp", "run", "--queue", "-S", "train.alpha=0.25,2",
-        "-S", "train.models=[ss_hmvae_kl]", "-S", "profiles.demo.train.epochs=3")
+        "-S", "profiles.demo.train.epochs=3")
     dvc(repo, "queue", "start", "-j", "1")
     deadline = time.monotonic() + 400
     while re.search(r"\b(Queued|Running)\b", status := dvc(repo, "queue", "status").stdout):
@@ -215,7 +314,7 @@ def test_queued_sweep_runs_and_sets_the_profiles_key(repo):
              if exp["params"].get("profiles.demo.train.epochs") == 3}
     assert set(swept) == {0.25, 2}
     for exp in swept.values():
-        assert "reports/metrics.json:hmvae_kl_both" in exp["metrics"]
+        assert "reports/metrics/hmvae_kl.json:both" in exp["metrics"]
     # The README's comparison: one column per experiment, well within 200 characters.
     table = run(repo, sys.executable, "-m", "pipeline", "compare").stdout.splitlines()
     assert {swept[0.25]["name"], swept[2]["name"]} <= set(table[0].split())
@@ -231,7 +330,7 @@ def test_queued_sweep_runs_and_sets_the_profiles_key(repo):
 def test_killed_training_resumes_from_its_checkpoint(repo):
     run(repo, "git", "checkout", "--", "params.yaml", "dvc.lock")  # the committed params
     out = repo / "models/vae/ss_hmvae/trial-1"
-    args = ["repro", "-s", "train@ss_hmvae-1"]
+    args = ["repro", "-s", "train_ss_hmvae@1"]
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["profiles"]["demo"]["train"]["epochs"] = 300
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -252,11 +351,11 @@ def test_killed_training_resumes_from_its_checkpoint(repo):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (out / "metrics.json").exists()  # a killed stage never looks complete
-    assert "train@ss_hmvae-1" in dvc(repo, "status", "train@ss_hmvae-1").stdout
+    assert "train_ss_hmvae@1" in dvc(repo, "status", "train_ss_hmvae@1").stdout
     resumed = dvc(repo, *args)
     assert re.search(r"checkpoint\.pt: resuming after epoch [1-9]", resumed.stdout)
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 300
-    assert "train@ss_hmvae-1" not in dvc(repo, "status", "train@ss_hmvae-1").stdout
+    assert "train_ss_hmvae@1" not in dvc(repo, "status", "train_ss_hmvae@1").stdout
 
 
 def paper_offline(params: dict) -> None:
@@ -268,7 +367,7 @@ def paper_offline(params: dict) -> None:
 
 def test_paper_profile_validates_and_fails_clearly_offline(tmp_path):
     repo = make_repo(tmp_path, paper_offline)
-    assert "train@ss_hmvae_kl-10" in dvc(repo, "dag", "--dot").stdout
+    assert "train_ss_hmvae_kl@10" in dvc(repo, "dag", "--dot").stdout
     assert "download" in dvc(repo, "status").stdout
     bad = run(repo, sys.executable, "-m", "pipeline", "split", "--set", "trials=[1, 2]",
               check=False)

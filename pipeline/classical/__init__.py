@@ -1,10 +1,10 @@
 """The classical peers of Table 1: co-training and label spreading on the same features file.
 
 Unlike `pipeline/vae`, these train no network: scikit-learn's linear SVMs, k-means and
-`LabelSpreading`, with the co-training loop written here (`cotrain.py`). The `train` stage
+`LabelSpreading`, with the co-training loop written here (`cotrain.py`). The `classical` stage
 sends these names to `experiment.train_and_evaluate_classical`, which writes the same files
 as the generative models (metrics.json with rgb / depth / rgb+depth, config.json, ...).
-This module imports nothing heavy: the report and the configuration read the registry.
+This module imports nothing heavy (the classical stage lists its names in its help).
 """
 
 from __future__ import annotations

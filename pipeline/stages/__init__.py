@@ -19,12 +19,14 @@ from pipeline.imports import code_digest
 
 # name -> (module, one-line summary); modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "params": ("pipeline.stages.params", "check every parameter, write each section's values"),
     "download": ("pipeline.stages.download", "fetch and unpack the RGB-D dataset"),
     "preprocess": ("pipeline.stages.preprocess", "crops -> square RGB and jet depth"),
     "split": ("pipeline.stages.split", "trials (held-out instances), labelled subsets"),
     "finetune": ("pipeline.stages.finetune", "fine-tune VGG16 on a trial's labelled frames"),
     "extract": ("pipeline.stages.extract", "VGG16 fc1 features of every frame to HDF5"),
     "train": ("pipeline.stages.train", "train and evaluate one model on features file(s)"),
+    "classical": ("pipeline.stages.classical", "co-training or label spreading on features"),
     "report": ("pipeline.stages.report", "Table 1: mean +- std over trials"),
     "inspect": ("pipeline.stages.inspect", "what an HDF5 file of this project holds"),
     "compare": ("pipeline.stages.compare", "DVC experiments side by side: params, Table 1"),

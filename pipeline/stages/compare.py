@@ -3,7 +3,8 @@
 `dvc exp show` puts one experiment per line and every number in a column: Table 1 alone is
 over twenty columns, wider than a terminal. This prints one experiment per column instead:
 first the parameters that differ between the experiments shown (always `train.alpha` and
-`train.beta`), then each headline metric of `reports/metrics.json` as `mean±sd`. It reads
+`train.beta`), then each headline metric (`reports/metrics/<row>.json`'s `<input>`) as
+`<row>_<input>`, `mean±sd`. It reads
 the rows of `dvc.api.exp_show` (the workspace, the commit and its experiments); experiments
 without metrics (queued, failed) are left out. Each column is about 12 characters wide: 14
 experiments fit in 200 columns.
@@ -12,6 +13,7 @@ experiments fit in 200 columns.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import yaml
 from pipeline.errors import UserError
 from pipeline.stages import run_stage
 
-HEADLINE = "reports/metrics.json"
+HEADLINE = "reports/metrics/"  # one file per row of Table 1: <row>.json
 ALWAYS = ("train.alpha", "train.beta")
 # exp_show's columns that describe a row rather than hold a parameter or a metric
 ROW_INFO = ("Experiment", "rev", "typ", "Created", "parent", "State", "Executor")
@@ -45,8 +47,9 @@ def experiments(repo: Path) -> list[Experiment]:
     """(name, parameters, headline metrics) of each revision and experiment that has metrics.
 
     exp_show's flat rows do not say which column is which: a parameter is a column under a
-    top-level key of the project's params.yaml, a metric one of `reports/metrics.json`'s keys
-    (the only metrics file), and the rest (file hashes of the stages' deps) is left out.
+    top-level key of the project's params.yaml, a metric a number in one of the files under
+    `reports/metrics/` (the only metrics files; DVC names a key shared by several files
+    `FILE:key`), and the rest (file hashes of the stages' deps) is left out.
     """
     import dvc.api  # imported late: it takes a second
     from dvc.exceptions import DvcException
@@ -57,14 +60,36 @@ def experiments(repo: Path) -> list[Experiment]:
         raise UserError(f"{repo}: dvc exp show failed: {err}") from err
     params_file = repo / "params.yaml"
     top = set(yaml.safe_load(params_file.read_text()) or {}) if params_file.is_file() else set()
+    owner = _key_owners(repo / HEADLINE)
     found = []
     for row in rows:
         params = {k: v for k, v in row.items() if k.split(".")[0] in top}
-        metrics = {k.removeprefix(f"{HEADLINE}:"): v for k, v in row.items()
+        metrics = {_metric_name(k, owner): v for k, v in row.items()
                    if k not in ROW_INFO and k not in params and isinstance(v, float)}
         if metrics:
             found.append((row["Experiment"] or row["rev"], params, metrics))
     return found
+
+
+def _key_owners(folder: Path) -> dict[str, str]:
+    """key -> the row (file stem) of the one metrics file in `folder` that holds it."""
+    owners: dict[str, list[str]] = {}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            keys = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        for key in keys if isinstance(keys, dict) else ():
+            owners.setdefault(key, []).append(path.stem)
+    return {key: rows[0] for key, rows in owners.items() if len(rows) == 1}
+
+
+def _metric_name(column: str, owner: dict[str, str]) -> str:
+    """`reports/metrics/hmvae_kl.json:rgb` -> `hmvae_kl_rgb`; DVC leaves out the file of a
+    key that only one file holds (`both_sd`), which the workspace's files tell."""
+    path, _, key = column.rpartition(":")
+    row = Path(path).stem if path else owner.get(key)
+    return f"{row}_{key}" if row else key
 
 
 def _cell(value: Any) -> str:

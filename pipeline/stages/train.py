@@ -3,8 +3,7 @@
 Several files and as many folders (`--features F1 F2 ... --out D1 D2 ...`) train one run per
 file at once, with stacked parameters (`pipeline/vae/stacked.py`): the same model and
 parameters on each file, each folder written as a single run would write it.
-The classical models (`ct_svm`, `cotraining`, `label_spreading`: `pipeline/classical`) take
-the same arguments and write the same files, in one process, one file after another.
+The classical models have their own stage (`python -m pipeline classical`).
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline import distributed
-from pipeline.classical import CLASSICAL
 from pipeline.devices import resolve_device
 from pipeline.errors import UserError
 from pipeline.stages import code_stamp, load, out_folder, run_stage, stage_parser
@@ -24,7 +22,7 @@ def main(argv: list[str]) -> int:
     parser = stage_parser("train", __doc__)
     parser.add_argument("--features", required=True, type=Path, nargs="+",
                         help="ssmvae-features/1 file(s); several train stacked runs")
-    parser.add_argument("--model", required=True, help=f"one of {', '.join([*MODELS, *CLASSICAL])}")
+    parser.add_argument("--model", required=True, help=f"one of {', '.join(MODELS)}")
     parser.add_argument("--out", required=True, type=Path, nargs="+",
                         help="output folder(s), one per features file")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -38,8 +36,6 @@ def main(argv: list[str]) -> int:
         for out in args.out:
             out_folder(out)
         config = load(args)
-        if args.model in CLASSICAL:
-            return _classical(args, config)
         world = distributed.world_from_env()
         if len(args.features) > 1 and (world.distributed or config.launch.processes > 1):
             raise UserError("stacked runs (several --features) train in one process; "
@@ -78,16 +74,3 @@ def main(argv: list[str]) -> int:
 
     return run_stage(body)
 
-
-def _classical(args, config) -> None:
-    """The classical models (pipeline/classical): one process, one file after another."""
-    from pipeline.classical.experiment import train_and_evaluate_classical
-
-    if distributed.world_from_env().distributed:
-        raise UserError(f"--model {args.model}: the classical models run in one process; "
-                        "start the stage without torchrun")
-    for features, out in zip(args.features, args.out, strict=True):
-        metrics = train_and_evaluate_classical(features, args.model, config.train, out,
-                                               progress=not args.no_progress)
-        accuracy = ", ".join(f"{k} {v:.3f}" for k, v in metrics["accuracy"].items())
-        print(f"{args.model}: accuracy {accuracy} -> {out / 'metrics.json'}")

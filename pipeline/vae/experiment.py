@@ -1,6 +1,6 @@
 """Train one model on one features file and write its metrics (the `train` stage's work).
 
-`DIR/metrics.json` (the form DESIGN.md gives):
+`DIR/metrics.json` (the form docs/architecture.md gives):
     {"model": "ss_hmvae", "accuracy": {"rgb": .., "depth": .., "rgb+depth": ..},
      "accuracy_iterative": {...}, "accuracy_by_method": {method: {key: acc}}, ...}
 `accuracy` holds, for each input, the number Table 1 reports for the model.
