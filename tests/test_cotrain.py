@@ -72,27 +72,39 @@ def test_diverse_rule_takes_one_of_near_duplicates():
 
 
 @pytest.mark.parametrize("rule", ["top", "diverse"])
-def test_quota_per_category_view_and_round(rule):
-    data = digits_views(seed=0)
-    train = ~data.is_test
-    lab, unl = train & data.is_labeled, train & ~data.is_labeled
-    views = data.modalities
-    result = cotrain({v: data.features[v][lab] for v in views}, data.label[lab],
-                     {v: data.features[v][unl] for v in views}, 10,
-                     CoTrainSettings(rule=rule, quota=4, rounds=3))
-    counts = []
+@pytest.mark.parametrize("quota", [4, 0])
+def test_quota_per_category_view_and_round(rule, quota):
+    """Each round, each view hands the other exactly the quota of every category while the
+    pool holds more; quota 0 spreads the pool over the rounds: ceil(M / (2 views K rounds)).
+
+    Three categories far apart in both views (each view's SVM labels every example right),
+    30 unlabelled of each: three rounds take at most 3 * 2 * 5 = 30 of a category, and the
+    last round still finds more than the quota of each."""
+    rng = np.random.default_rng(0)
+    k, per_category, rounds = 3, 30, 3
+
+    def view(labels, d):
+        return 10.0 * np.eye(k, d)[labels] + rng.normal(0, 1, (len(labels), d))
+
+    y = np.repeat(np.arange(k), 2)
+    truth = np.repeat(np.arange(k), per_category)
+    labelled = {"a": view(y, 4), "b": view(y, 5)}
+    unlabelled = {"a": view(truth, 4), "b": view(truth, 5)}
+    result = cotrain(labelled, y, unlabelled, k,
+                     CoTrainSettings(rule=rule, quota=quota, rounds=rounds))
+    expected = quota or -(-len(truth) // (2 * k * rounds))
+    assert expected == (4 if quota else 5)
+    assert [(h.round, h.source) for h in result.handovers] == [
+        (r, v) for r in range(1, rounds + 1) for v in ("a", "b")]
     for h in result.handovers:
-        per_category = np.bincount(h.labels, minlength=10)
-        assert per_category.max() <= 4, (h.round, h.source, per_category)
-        counts.append(per_category)
-    assert max(c.max() for c in counts) == 4  # the quota binds somewhere
-    moved = np.concatenate([h.rows for h in result.handovers])
+        np.testing.assert_array_equal(truth[h.rows], h.labels)  # every one labelled right
+        np.testing.assert_array_equal(np.bincount(h.labels, minlength=k), np.full(k, expected),
+                                      err_msg=f"round {h.round}, from {h.source}")
     # a row moves at most twice (both views picked it in the same round), never in two rounds
-    for r in range(1, 4):
+    for r in range(1, rounds + 1):
         this = {x for h in result.handovers if h.round == r for x in h.rows.tolist()}
         other = {x for h in result.handovers if h.round != r for x in h.rows.tolist()}
         assert not this & other
-    assert moved.max() < unl.sum()
 
 
 def test_test_rows_never_reach_the_training(tmp_path):

@@ -6,21 +6,23 @@ expectation over the latent, Appendix D's chain by hand, and the prediction path
 (zero-fill, iterative) through `evaluate.predict`. Each test failed on the code before it.
 """
 
-import math
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
 from pipeline.config import TrainConfig
-from pipeline.store import FeatureSet
+from pipeline.store import FeatureSet, write_features
 from pipeline.vae import MODELS, Evaluation, build_model
 from pipeline.vae.data import FeatureScaler, prepare
 from pipeline.vae.evaluate import PredictOptions, predict, variants
-from pipeline.vae.experiment import _build
+from pipeline.vae.experiment import _build, train_and_evaluate
 from pipeline.vae.hmvae import SSHMVAE, SSHMVAEKL
 from pipeline.vae.layers import GaussianHead, LikelihoodHead, Trunk
 from pipeline.vae.objective import Batch, ObjectiveConfig
+from tests import by_hand
+from tests.by_hand import log_normal
 from tests.digits import digits_views
 
 DIMS = {"rgb": 6, "depth": 5}
@@ -37,11 +39,6 @@ def hmvae(cls=SSHMVAE, likelihood="gaussian", **objective):
 def inputs(n=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     return {m: torch.randn(n, d, generator=g) for m, d in DIMS.items()}
-
-
-def log_normal(x, mu, sigma):
-    return (-0.5 * ((x - mu) / sigma) ** 2 - torch.log(sigma)
-            - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
 # -- 1. scaling ------------------------------------------------------------------------
@@ -112,19 +109,18 @@ def test_output_heads_run_in_fp32_under_bf16_autocast_and_hidden_layers_in_bf16(
 # -- 2 (eq. 2). the unlabelled terms by hand --------------------------------------------
 
 def test_gumbel_unlabelled_terms_by_hand():
+    """U(x) = L(x, y~) - log q(y~|a), y~ a Gumbel-softmax draw: each term from the networks'
+    outputs (`tests/by_hand.py`), none from the model's own bound."""
     model = hmvae(temperature=0.3)
     x = inputs()
     torch.manual_seed(11)
     terms, _ = model.unlabelled_bound(Batch(x))
 
     torch.manual_seed(11)
-    ctx = model.encode(x)
-    log_q = torch.log_softmax(ctx["logits"], -1)
-    eps = torch.finfo(log_q.dtype).eps
-    u = torch.rand(log_q.shape).clamp(eps, 1 - eps)
-    y = torch.softmax((log_q - torch.log(-torch.log(u))) / 0.3, -1)  # Gumbel-softmax
-    expected = model.elbo_terms(x, y, ctx)
-    expected["-log_q_y"] = -(y * log_q).sum(-1)  # U = L(x, y~) - log q(y~|a)
+    enc = by_hand.encode(model, x)
+    y = by_hand.gumbel_softmax(enc["logits"], 0.3)
+    expected = by_hand.hmvae_terms(model, x, y, enc["a"], enc["log_q_a"])
+    expected["-log_q_y"] = -by_hand.score(y, enc["logits"])
     assert set(terms) == set(expected)
     for name in expected:
         torch.testing.assert_close(terms[name], expected[name], msg=name)
@@ -133,12 +129,29 @@ def test_gumbel_unlabelled_terms_by_hand():
 # -- 3. eq. (4)'s weights from the data -------------------------------------------------
 
 def test_training_weights_eq_4_by_the_sets_shares():
+    """eq. (4) weighs every training example the same: in the loss, the KL's labelled batch
+    mean weighs N / (N + M) of the data's own counts and the unlabelled one M / (N + M)."""
     data = prepare(digits_views(seed=0), "gaussian", torch.device("cpu"))
-    cfg = TrainConfig(hidden=8, a_dim=4, z_dim=3)
-    model = _build("ss_hmvae_kl", data, cfg, torch.device("cpu"))
     n_l, n_u = len(data.labelled), len(data.unlabelled)
-    assert n_l < n_u / 10
-    assert model.objective.labelled_share == pytest.approx(n_l / (n_l + n_u))
+    assert n_l < n_u / 10  # far from an even split
+    cfg = TrainConfig(hidden=8, a_dim=4, z_dim=3, dropout=0.0, beta=2.0)
+    # _build seeds the weights: the two models differ only in beta
+    model = _build("ss_hmvae_kl", data, cfg, torch.device("cpu"))
+    without = _build("ss_hmvae_kl", data, dataclasses.replace(cfg, beta=0.0),
+                     torch.device("cpu"))
+    labelled = Batch({m: t[:8] for m, t in data.labelled.x.items()}, data.labelled.y[:8])
+    unlabelled = Batch({m: t[:16] for m, t in data.unlabelled.x.items()})
+    losses = []
+    for m in (model, without):
+        torch.manual_seed(0)
+        losses.append(m.loss(labelled, unlabelled)[0])
+    kls = [by_hand.hmvae_kl(model, batch.x, by_hand.gaussian(model.q_a_xw_head,
+                                                              model.q_a_xw(**batch.x))).mean()
+           for batch in (labelled, unlabelled)]
+    assert abs(kls[0] - kls[1]) > 0.05 * kls[1]  # so that other weights would show
+    share = n_l / (n_l + n_u)
+    expected = 2.0 * (share * kls[0] + (1 - share) * kls[1])
+    torch.testing.assert_close(losses[0] - losses[1], expected, rtol=1e-4, atol=1e-4)
 
 
 # -- 4. q(y|x) = E_q(a|x)[q(y|a)] -------------------------------------------------------
@@ -270,47 +283,101 @@ def test_the_given_modality_reaches_the_prediction():
 # -- 5. the networks built are Appendix C's ---------------------------------------------
 
 def test_every_network_of_ss_hmvae_kl_has_appendix_c_sizes():
-    model = build_model("ss_hmvae_kl", {"rgb": 4096, "depth": 4096}, 51, TrainConfig())
+    """Appendix C under the paper's configuration: p(x|a), p(w|a) have f_mu only (mean-only
+    Gaussians), and every DkBR is Linear -> BatchNorm -> ReLU, with no other BatchNorm."""
+    cfg = TrainConfig(likelihood="gaussian_fixed")
+    model = build_model("ss_hmvae_kl", {"rgb": 4096, "depth": 4096}, 51, cfg)
     linears = {name: (m.in_features, m.out_features) for name, m in model.named_modules()
                if isinstance(m, torch.nn.Linear)}
-    expected = {
-        # q(a|x,w): (x-D1024BR, w-D1024BR), f_mu and f_sigma2 D1024
+    dkbr = {  # the Linear layer of each DkBR
+        # q(a|x,w): (x-D1024BR, w-D1024BR)
         "q_a_xw.branches.rgb.0": (4096, 1024), "q_a_xw.branches.depth.0": (4096, 1024),
-        "q_a_xw_head.f_mu": (2048, 1024), "q_a_xw_head.f_sigma2": (2048, 1024),
-        # q(y|a): a-D1024BR-Dropout0.5, f_mu D51
-        "q_y_a.branches.a.0": (1024, 1024), "q_y_a_head.net.1": (1024, 51),
-        # q(z|a,y): (a-D1024BR, y-D1024BR), D1024
+        # q(y|a): a-D1024BR-Dropout0.5
+        "q_y_a.branches.a.0": (1024, 1024),
+        # q(z|a,y): (a-D1024BR, y-D1024BR)
         "q_z_ay.branches.a.0": (1024, 1024), "q_z_ay.branches.y.0": (51, 1024),
-        "q_z_ay_head.f_mu": (2048, 1024), "q_z_ay_head.f_sigma2": (2048, 1024),
-        # p(a|z,y): (z-D1024BR, y-D1024BR), D1024
+        # p(a|z,y): (z-D1024BR, y-D1024BR)
         "p_a_zy.branches.z.0": (1024, 1024), "p_a_zy.branches.y.0": (51, 1024),
-        "p_a_zy_head.f_mu": (2048, 1024), "p_a_zy_head.f_sigma2": (2048, 1024),
-        # q(a|x), q(a|w): x or w-D1024BR, D1024
+        # q(a|x), q(a|w): x or w-D1024BR
         "q_a_m.rgb.branches.x.0": (4096, 1024), "q_a_m.depth.branches.x.0": (4096, 1024),
+    }
+    heads = {  # f_mu (and f_sigma2 where the paper lists it): D1024, D51
+        "q_a_xw_head.f_mu": (2048, 1024), "q_a_xw_head.f_sigma2": (2048, 1024),
+        "q_y_a_head.net.1": (1024, 51),
+        "q_z_ay_head.f_mu": (2048, 1024), "q_z_ay_head.f_sigma2": (2048, 1024),
+        "p_a_zy_head.f_mu": (2048, 1024), "p_a_zy_head.f_sigma2": (2048, 1024),
         "q_a_m_head.rgb.f_mu": (1024, 1024), "q_a_m_head.rgb.f_sigma2": (1024, 1024),
         "q_a_m_head.depth.f_mu": (1024, 1024), "q_a_m_head.depth.f_sigma2": (1024, 1024),
     }
-    for m in ("rgb", "depth"):  # p(x|a), p(w|a): a-D1024BR-D1024BR, f_mu to the features
-        expected |= {f"p_x_a.{m}.branches.a.0": (1024, 1024), f"p_x_a.{m}.tail.0.0": (1024, 1024),
-                     f"p_x_a_head.{m}.head.f_mu": (1024, 4096),
-                     f"p_x_a_head.{m}.head.f_sigma2": (1024, 4096)}
-    assert linears == expected
-    assert model.q_y_a_head.net[0].p == 0.5
+    for m in ("rgb", "depth"):  # p(x|a), p(w|a): a-D1024BR-D1024BR, f_mu D4096 only
+        dkbr |= {f"p_x_a.{m}.branches.a.0": (1024, 1024), f"p_x_a.{m}.tail.0.0": (1024, 1024)}
+        heads[f"p_x_a_head.{m}.head.f_mu"] = (1024, 4096)
+    assert linears == dkbr | heads
+    # BatchNorm placement: right after each DkBR's Linear, of its width, then ReLU
+    for name, (_, width) in dkbr.items():
+        layer = model.get_submodule(name.rsplit(".", 1)[0])
+        assert [type(m) for m in layer] == [torch.nn.Linear, torch.nn.BatchNorm1d,
+                                            torch.nn.ReLU], name
+        assert layer[1].num_features == width, name
     batchnorms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
-    assert len(batchnorms) == sum(name.endswith(".0") and "head" not in name
-                                  for name in expected)
+    assert len(batchnorms) == len(dkbr)
+    # q(y|a): Dropout0.5 before f_mu, no BatchNorm in a head
+    assert [type(m) for m in model.q_y_a_head.net] == [torch.nn.Dropout, torch.nn.Linear]
+    assert model.q_y_a_head.net[0].p == 0.5
+    # the mean-only decoder: unit variance whatever a
+    p_x = model.p_x_a_head["rgb"](torch.randn(3, 1024))
+    torch.testing.assert_close(p_x.base_dist.scale, torch.ones(3, 4096))
 
 
-def test_scaled_features_feed_the_model_not_raw_values():
-    data = FeatureSet(
-        features={"rgb": np.full((6, 2), 100.0, np.float32) + np.arange(6)[:, None],
-                  "depth": np.ones((6, 2), np.float32) * np.arange(6)[:, None]},
-        label=np.array([0, 1, 0, 1, 0, 1]), is_test=np.array([0, 0, 0, 0, 1, 1], bool),
-        is_labeled=np.array([1, 1, 0, 0, 0, 0], bool), categories=["a", "b"], attrs={})
-    trial = prepare(data, "gaussian", torch.device("cpu"))
-    train = torch.cat([trial.labelled.x["rgb"], trial.unlabelled.x["rgb"]])
-    torch.testing.assert_close(train.mean(0), torch.zeros(2), atol=1e-6, rtol=0)
-    torch.testing.assert_close(train.std(0, unbiased=False), torch.ones(2))
+def test_scaled_features_feed_the_model_not_raw_values(tmp_path):
+    """What the first layers receive, in training and in evaluation, is the features
+    standardised on the training rows: never the raw values (here all near 100)."""
+    rng = np.random.default_rng(0)
+    n_train, n_test, dims = 30, 10, {"rgb": 7, "depth": 9}
+    base = rng.normal(0, 3, n_train)
+    raw, scaled = {}, {}
+    for m, d in dims.items():
+        # every training column a permutation of one vector: the same spread in each, so
+        # the floor of `typical_scale` leaves the standardisation exact
+        train = np.stack([100 + j + rng.permutation(base) for j in range(d)], 1)
+        test = 100 + rng.normal(0, 3, (n_test, d))
+        raw[m] = np.vstack([train, test]).astype(np.float32)
+        mean, std = train.mean(0), train.std(0)
+        scaled[m] = torch.from_numpy(((raw[m] - mean) / std).astype(np.float32))
+    label = np.arange(n_train + n_test) % 2
+    is_test = np.arange(n_train + n_test) >= n_train
+    is_labeled = np.arange(n_train + n_test) < 6
+    path = tmp_path / "features.h5"
+    write_features(path, FeatureSet(features=raw, label=label, is_test=is_test,
+                                    is_labeled=is_labeled, categories=["a", "b"],
+                                    attrs={}))
+    seen = {True: [], False: []}  # training -> inputs of the first layers
+
+    def first_layer(module, args):
+        if isinstance(module, torch.nn.Linear) and module.in_features in (7, 9):
+            seen[module.training].append((module.in_features, args[0].detach().clone()))
+
+    cfg = TrainConfig(hidden=8, a_dim=4, z_dim=3, epochs=1, batch_size=16,
+                      labeled_batch_size=4, predict_samples=2, device="cpu", compile="never")
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(first_layer)
+    try:
+        train_and_evaluate(path, "ss_hmvae_kl", cfg, tmp_path / "out", progress=False,
+                           live=False)
+    finally:
+        handle.remove()
+    width = {d: m for m, d in dims.items()}
+    # zero-fill gives the missing modality raw zeros, scaled
+    zero_fill = {m: torch.from_numpy(
+        ((0 - raw[m][:n_train].mean(0)) / raw[m][:n_train].std(0)).astype(np.float32))[None]
+        for m in dims}
+    for training, rows_of in ((True, lambda m: scaled[m][:n_train]),
+                              (False, lambda m: torch.cat([scaled[m][n_train:],
+                                                           zero_fill[m]]))):
+        assert seen[training], "the first layers saw nothing"
+        for d, x in seen[training]:
+            allowed = rows_of(width[d])
+            distance = torch.cdist(x.double(), allowed.double()).min(1).values
+            assert distance.max() < 1e-4, (training, width[d], x.abs().max())
 
 
 def test_every_option_at_once_equals_each_alone():

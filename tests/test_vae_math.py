@@ -19,6 +19,9 @@ from pipeline.vae.objective import (
     log_uniform_prior,
     one_hot,
 )
+from pipeline.vae.sdgm import SDGM
+from tests import by_hand
+from tests.by_hand import log_normal
 
 DIMS = {"rgb": 6, "depth": 5}
 K = 3
@@ -36,11 +39,6 @@ def batches(seed: int = 0, n: int = 5):
 def hmvae(cls=SSHMVAE, **objective) -> SSHMVAE:
     torch.manual_seed(0)
     return cls(dims=DIMS, n_classes=K, objective=ObjectiveConfig(**objective), **SIZES)
-
-
-def log_normal(x, mu, sigma):
-    """log N(x; mu, sigma^2), summed over the last axis, written out."""
-    return (-0.5 * ((x - mu) / sigma) ** 2 - torch.log(sigma) - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
 def test_gaussian_head_is_softplus_variance():
@@ -133,21 +131,26 @@ def test_m2_labelled_terms_by_hand():
     assert set(terms) == {"log_p_rgb", "-kl_z", "log_p_y"}
 
 
-def test_loss_is_equation_3():
-    model = hmvae(alpha=0.7)
+@pytest.mark.parametrize("cls", [SSHMVAE, SSHMVAEKL])
+def test_loss_is_equation_3(cls):
+    """-J of eq. (3), and for -kl eq. (4)'s KL term, every term from the networks' outputs."""
+    share = 0.05  # N / (N + M)
+    model = hmvae(cls, alpha=0.7, beta=2.5, temperature=0.3, labelled_share=share)
     labelled, unlabelled = batches()
     torch.manual_seed(3)
     loss, logged = model.loss(labelled, unlabelled)
     torch.manual_seed(3)
-    l_terms, _ = model.labelled_bound(labelled)
-    u_terms, _ = model.unlabelled_bound(unlabelled)
-    log_q_y = l_terms.pop("log_q_y")
-    expected = (sum(l_terms.values()).mean() + 0.7 * log_q_y.mean()
-                + sum(u_terms.values()).mean())
+    bound_l, log_q_y, bound_u, (enc_l, enc_u) = by_hand.objective(model, labelled,
+                                                                   unlabelled, 0.3)
+    expected = bound_l + 0.7 * log_q_y + bound_u
+    if cls is SSHMVAEKL:
+        kl = (share * by_hand.hmvae_kl(model, labelled.x, enc_l["joint"]).mean()
+              + (1 - share) * by_hand.hmvae_kl(model, unlabelled.x, enc_u["joint"]).mean())
+        expected = expected - 2.5 * kl
     torch.testing.assert_close(loss, -expected)
-    # The unlabelled bound keeps -log q(y|x) (the entropy's sampled form).
-    assert "-log_q_y" in u_terms
-    torch.testing.assert_close(logged["classifier/log_q_y"], log_q_y.mean().detach())
+    torch.testing.assert_close(logged["labelled/bound"], bound_l.detach())
+    torch.testing.assert_close(logged["unlabelled/bound"], bound_u.detach())
+    torch.testing.assert_close(logged["classifier/log_q_y"], log_q_y.detach())
 
 
 def test_alpha_zero_removes_classifier_term():
@@ -158,14 +161,20 @@ def test_alpha_zero_removes_classifier_term():
         torch.manual_seed(4)
         losses[alpha], logged = model.loss(labelled, unlabelled)
     torch.testing.assert_close(losses[1.0] - losses[0.0], -logged["classifier/log_q_y"])
-    # With alpha = 0, labels reach the loss only through the bound: the classifier's
-    # output layer gets no gradient from the labelled batch.
-    model = hmvae(alpha=0.0)
-    l_terms, _ = model.labelled_bound(labelled)
-    l_terms.pop("log_q_y")
-    bound = sum(l_terms.values()).mean()
-    grads = torch.autograd.grad(bound, list(model.q_y_a_head.parameters()), allow_unused=True)
-    assert all(g is None or torch.count_nonzero(g) == 0 for g in grads)
+    # ... and its gradient: the labels reach q(y|a) only through alpha's term, so with
+    # alpha = 0 the classifier's gradient from the whole loss does not depend on them.
+    relabelled = Batch(labelled.x, (labelled.y + 1) % K)
+    for alpha in (0.0, 1.0):
+        model = hmvae(alpha=alpha)
+        classifier = [*model.q_y_a.parameters(), *model.q_y_a_head.parameters()]
+        grads = []
+        for batch in (labelled, relabelled):
+            torch.manual_seed(4)
+            loss, _ = model.loss(batch, unlabelled)
+            grads.append(torch.autograd.grad(loss, classifier))
+        same = all(torch.allclose(g, h, rtol=1e-5, atol=1e-7)
+                   for g, h in zip(*grads, strict=True))
+        assert same == (alpha == 0.0), alpha
 
 
 def test_gumbel_samples_lie_on_the_simplex(monkeypatch):
@@ -288,13 +297,76 @@ def test_paper_sizes_are_the_defaults():
     assert len(model.p_x_a["rgb"].tail) == 1  # a-D1024BR-D1024BR
 
 
-def test_iterative_sampling_fills_the_missing_modality():
-    model = hmvae().eval()
-    labelled, _ = batches()
+@pytest.mark.parametrize("fill", ["mean", "sample"])
+def test_iterative_sampling_fills_the_missing_modality(fill):
+    """The fill is what p(x|a) says: with a mean-only decoder whose f_mu is c for every a,
+    the mean fill is c and a sampled fill is N(c, I), far from the N(0, I) start noise."""
+    torch.manual_seed(0)
+    model = SSHMVAE(dims=DIMS, n_classes=K, objective=ObjectiveConfig(),
+                    likelihood="gaussian_fixed", **SIZES).eval()
+    c = torch.linspace(2.0, 7.0, DIMS["rgb"])
+    f_mu = model.p_x_a_head["rgb"].head.f_mu
+    with torch.no_grad():
+        f_mu.weight.zero_()
+        f_mu.bias.copy_(c)
+    n = 2000
     g = torch.Generator().manual_seed(0)
-    filled = model.impute({"depth": labelled.x["depth"]}, "rgb", steps=3, generator=g)
-    assert filled.shape == labelled.x["rgb"].shape and torch.isfinite(filled).all()
-    # After the chain, the filled value is a mean of p(x|a): a decoder output, not noise.
-    g = torch.Generator().manual_seed(0)
-    noise = model.impute({"depth": labelled.x["depth"]}, "rgb", steps=0, generator=g)
-    assert not torch.allclose(filled, noise)
+    depth = torch.randn(n, DIMS["depth"], generator=g)
+    filled = model.impute({"depth": depth}, "rgb", steps=3, generator=g, fill=fill)
+    assert filled.shape == (n, DIMS["rgb"])
+    if fill == "mean":
+        torch.testing.assert_close(filled, c.expand(n, -1))
+    else:  # 2000 draws: the mean within 0.1 (4.5 standard errors), the spread near 1
+        noise = filled - c
+        assert noise.mean(0).abs().max() < 0.1
+        assert (noise.std(0) - 1).abs().max() < 0.1
+
+
+def sdgm(**objective) -> SDGM:
+    torch.manual_seed(0)
+    return SDGM(dims={"rgb": DIMS["rgb"]}, n_classes=K, objective=ObjectiveConfig(**objective),
+                likelihood="gaussian_fixed", **SIZES)
+
+
+def ss_mvae(**objective) -> MVAE:
+    torch.manual_seed(0)
+    return MVAE(dims=DIMS, n_classes=K, objective=ObjectiveConfig(**objective),
+                likelihood="bernoulli", hidden=8, z_dim=3, dropout=0.0)
+
+
+def bounds_by_hand(name: str):
+    """The model's loss and logged terms, and (labelled bound, log q(y|.), unlabelled bound)
+    by hand with the same draws; the loss checked against eq. (3) with them."""
+    if name == "sdgm":
+        model = sdgm(alpha=0.7, temperature=0.3)
+        labelled, unlabelled = batches()
+        labelled = Batch({"rgb": labelled.x["rgb"]}, labelled.y)
+        unlabelled = Batch({"rgb": unlabelled.x["rgb"]})
+    else:  # Bernoulli features in [0, 1]
+        model = ss_mvae(alpha=0.7, temperature=0.3)
+        labelled, unlabelled = batches()
+        labelled = Batch({m: torch.sigmoid(t) for m, t in labelled.x.items()}, labelled.y)
+        unlabelled = Batch({m: torch.sigmoid(t) for m, t in unlabelled.x.items()})
+    torch.manual_seed(8)
+    loss, logged = model.loss(labelled, unlabelled)
+    torch.manual_seed(8)
+    bound_l, log_q_y, bound_u, _ = by_hand.objective(model, labelled, unlabelled, 0.3)
+    return loss, logged, (bound_l, log_q_y, bound_u)
+
+
+@pytest.mark.parametrize("name", ["sdgm", "ss_mvae"])
+def test_labelled_bound_by_hand(name):
+    """SDGM: log p(x|a,z,y) + log p(a|z,y) - log q(a|x) - KL(q(z|a,y,x)||p(z)) + log p(y);
+    SS-MVAE: log p(x|z,y) + log p(w|z,y) - KL(q(z|x,w,y)||p(z)) + log p(y)."""
+    loss, logged, (bound_l, log_q_y, bound_u) = bounds_by_hand(name)
+    torch.testing.assert_close(logged["labelled/bound"], bound_l.detach())
+    torch.testing.assert_close(logged["classifier/log_q_y"], log_q_y.detach())
+    torch.testing.assert_close(loss, -(bound_l + 0.7 * log_q_y + bound_u))
+
+
+@pytest.mark.parametrize("name", ["sdgm", "ss_mvae"])
+def test_unlabelled_bound_by_hand(name):
+    """U(x) = L(x, y~) - log q(y~|.), y~ a Gumbel-softmax draw from the model's classifier."""
+    loss, logged, (bound_l, log_q_y, bound_u) = bounds_by_hand(name)
+    torch.testing.assert_close(logged["unlabelled/bound"], bound_u.detach())
+    torch.testing.assert_close(loss, -(bound_l + 0.7 * log_q_y + bound_u))
