@@ -25,7 +25,7 @@ from tests.by_hand import log_normal
 
 DIMS = {"rgb": 6, "depth": 5}
 K = 3
-SIZES = {"hidden": 8, "a_dim": 4, "z_dim": 3, "dropout": 0.0}
+SIZES = {"hidden": 8, "a_dim": 4, "z_dim": 3, "dropout": 0.0, "likelihood": "gaussian"}
 
 
 def batches(seed: int = 0, n: int = 5):
@@ -303,7 +303,7 @@ def test_iterative_sampling_fills_the_missing_modality(fill):
     the mean fill is c and a sampled fill is N(c, I), far from the N(0, I) start noise."""
     torch.manual_seed(0)
     model = SSHMVAE(dims=DIMS, n_classes=K, objective=ObjectiveConfig(),
-                    likelihood="gaussian_fixed", **SIZES).eval()
+                    **{**SIZES, "likelihood": "gaussian_fixed"}).eval()
     c = torch.linspace(2.0, 7.0, DIMS["rgb"])
     f_mu = model.p_x_a_head["rgb"].head.f_mu
     with torch.no_grad():
@@ -325,7 +325,7 @@ def test_iterative_sampling_fills_the_missing_modality(fill):
 def sdgm(**objective) -> SDGM:
     torch.manual_seed(0)
     return SDGM(dims={"rgb": DIMS["rgb"]}, n_classes=K, objective=ObjectiveConfig(**objective),
-                likelihood="gaussian_fixed", **SIZES)
+                **{**SIZES, "likelihood": "gaussian_fixed"})
 
 
 def ss_mvae(**objective) -> MVAE:
