@@ -253,6 +253,45 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ClassicalConfig:
+    """The classical peers (pipeline/classical, docs/models.md): co-training of linear SVMs
+    and label spreading. None of these numbers is the paper's (it copies its co-training rows
+    from Cheng et al.); each is this project's, and docs/models.md says how it was set."""
+
+    models: tuple[str, ...] = ("ct_svm", "cotraining", "label_spreading")
+    pca_dims: int = 256  # per view: principal components the SVMs and the kNN graph see
+    rounds: int = 10  # co-training rounds at most
+    quota: int = 0  # per category, view and round; 0 = spread the pool over `rounds`
+    candidates: int = 5  # diverse rule: cluster the candidates * quota most confident
+    penalty: float = 1e-2  # the SVMs' L2 penalty (SGDClassifier's alpha)
+    svm_epochs: int = 20  # SGD passes over each round's training set
+    # The round kept is the one with the best accuracy on labelled rows held out in turn
+    # (validation_folds folds of the labelled rows; ties -> the earlier round, 0 = the
+    # labelled-only SVM)
+    validation_folds: int = 3
+    spread_neighbours: int = 10  # label spreading's kNN graph
+    spread_alpha: float = 0.2  # label spreading's clamping (scikit-learn's default)
+    seed: int = 0
+
+    def check(self) -> None:
+        known = ("ct_svm", "cotraining", "label_spreading")
+        unknown = [m for m in self.models if m not in known]
+        _require(not unknown and len(self.models) > 0, "classical.models", list(self.models),
+                 f"a non-empty list of {', '.join(known)}")
+        for key in ("pca_dims", "rounds", "candidates", "svm_epochs",
+                    "spread_neighbours"):
+            _require(getattr(self, key) >= 1, f"classical.{key}", getattr(self, key),
+                     "an integer >= 1")
+        _require(self.quota >= 0, "classical.quota", self.quota,
+                 "an integer >= 0 (0 = spread the pool over the rounds)")
+        _require(self.penalty > 0, "classical.penalty", self.penalty, "a number > 0")
+        _require(self.validation_folds >= 2, "classical.validation_folds",
+                 self.validation_folds, "an integer >= 2")
+        _require(0 < self.spread_alpha < 1, "classical.spread_alpha", self.spread_alpha,
+                 "a fraction in (0, 1)")
+
+
+@dataclass(frozen=True)
 class LaunchConfig:
     """How the finetune and train stages run: one process, or data-parallel under torchrun."""
 
@@ -280,6 +319,7 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    classical: ClassicalConfig = field(default_factory=ClassicalConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 

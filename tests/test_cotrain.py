@@ -12,7 +12,7 @@ import torch
 from pipeline.classical import CLASSICAL
 from pipeline.classical.cotrain import CoTrainSettings, cotrain
 from pipeline.classical.experiment import train_and_evaluate_classical
-from pipeline.config import MODEL_NAMES, TrainConfig
+from pipeline.config import MODEL_NAMES, ClassicalConfig
 from pipeline.errors import UserError
 from pipeline.stages.train import main as train_main
 from pipeline.store import FeatureSet, write_features
@@ -107,7 +107,7 @@ def test_test_rows_never_reach_the_training(tmp_path):
     for name, fs in (("a", data), ("b", other)):
         write_features(tmp_path / f"{name}.h5", fs)
         metrics = train_and_evaluate_classical(tmp_path / f"{name}.h5", "ct_svm",
-                                               TrainConfig(), tmp_path / name, progress=False,
+                                               ClassicalConfig(), tmp_path / name, progress=False,
                                                live=False)
         states.append(torch.load(tmp_path / name / "model.pt", weights_only=True))
         assert metrics["n_test"] == int(data.is_test.sum())
@@ -144,7 +144,7 @@ def test_stage_writes_the_train_stage_files(tmp_path, capsys):
 def test_label_spreading_rows_and_determinism(tmp_path):
     features = tmp_path / "digits.h5"
     write_features(features, digits_views(seed=0))
-    runs = [train_and_evaluate_classical(features, "label_spreading", TrainConfig(),
+    runs = [train_and_evaluate_classical(features, "label_spreading", ClassicalConfig(),
                                          tmp_path / f"ls{i}", progress=False, live=False)
             for i in range(2)]
     assert runs[0]["accuracy"] == runs[1]["accuracy"]
@@ -166,7 +166,7 @@ def test_one_modality_file_is_refused_before_writing(tmp_path, capsys, model):
     assert str(features) in err and "needs exactly two modalities" in err
     assert not out.exists()
     with pytest.raises(UserError, match="needs exactly two modalities"):
-        train_and_evaluate_classical(features, model, TrainConfig(), out)
+        train_and_evaluate_classical(features, model, ClassicalConfig(), out)
 
 
 def test_registry_names_are_valid_train_models():
@@ -195,7 +195,7 @@ def test_label_spreading_counts_unreached_test_examples_as_wrong(tmp_path):
     write_features(tmp_path / "f.h5", FeatureSet(
         features={"rgb": x}, label=label, is_test=is_test, is_labeled=is_labeled,
         categories=["c0", "c1"]))
-    metrics = train_and_evaluate_classical(tmp_path / "f.h5", "label_spreading", TrainConfig(),
+    metrics = train_and_evaluate_classical(tmp_path / "f.h5", "label_spreading", ClassicalConfig(),
                                            tmp_path / "out", progress=False, live=False)
     assert metrics["test_unreached"] == {"rgb": 3}
     # B's three test rows are all category 0; predicting 0 for them would score them right

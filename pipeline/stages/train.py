@@ -87,7 +87,7 @@ def _classical(args, config) -> None:
         raise UserError(f"--model {args.model}: the classical models run in one process; "
                         "start the stage without torchrun")
     for features, out in zip(args.features, args.out, strict=True):
-        metrics = train_and_evaluate_classical(features, args.model, config.train, out,
+        metrics = train_and_evaluate_classical(features, args.model, config.classical, out,
                                                progress=not args.no_progress)
         accuracy = ", ".join(f"{k} {v:.3f}" for k, v in metrics["accuracy"].items())
         print(f"{args.model}: accuracy {accuracy} -> {out / 'metrics.json'}")
