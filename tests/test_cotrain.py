@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -183,8 +184,13 @@ def test_registry_names_are_valid_train_models():
 def test_params_yaml_trains_them():
     import yaml
 
-    models = yaml.safe_load(Path("params.yaml").read_text())["train"]["models"]
-    assert set(CLASSICAL) <= set(models)
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    assert set(CLASSICAL) <= set(params["train"]["models"])
+    # the classical section is ClassicalConfig's defaults, key for key
+    defaults = dataclasses.asdict(ClassicalConfig())
+    assert {k: tuple(v) if isinstance(v, list) else v
+            for k, v in params["classical"].items()} == defaults
+    assert ClassicalConfig().models == tuple(CLASSICAL)
 
 
 def test_label_spreading_counts_unreached_test_examples_as_wrong(tmp_path):
