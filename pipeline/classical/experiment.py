@@ -60,22 +60,7 @@ def train_and_evaluate_classical(features: Path, model_name: str, cfg: Classical
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", dataclasses.asdict(cfg))
     if model_name in RULES:
-        settings = CoTrainSettings.from_config(cfg, RULES[model_name])
-        choice = choose_rounds(split.labelled, split.y, split.unlabelled, split.n_classes,
-                               settings, cfg.validation_folds)
-        result = cotrain(split.labelled, split.y, split.unlabelled, split.n_classes, settings,
-                         last_round=max(choice.rounds.values()), progress=progress)
-        kept = {col: min(k, len(result.snapshots) - 1) for col, k in choice.rounds.items()}
-        by_method = _evaluate_cotrained(result, kept, split)
-        views = list(split.labelled)
-        # the labelled-only SVMs (same features, PCA and penalty): round 0 of the same run
-        start = columns(result.snapshots[0], split.test, split.y_test, split.n_classes)
-        extra = {"accuracy_start": start, "rounds": result.rounds, "rounds_kept": kept,
-                 "validation_accuracy": choice.curve,
-                 "settings": dataclasses.asdict(settings),
-                 "n_handed": {v: int(result.training_set(v, kept[v])[0].size) for v in views}}
-        state = {v: result.training_set(v, kept[v]) for v in views}
-        history = _history(result, choice, split)
+        by_method, extra, state, history = _cotrain(split, cfg, RULES[model_name], progress)
     else:
         by_method, transduced, unreached = _label_spreading(split, cfg)
         extra = {"n_neighbors": cfg.spread_neighbours, "alpha": cfg.spread_alpha,
@@ -93,6 +78,30 @@ def train_and_evaluate_classical(features: Path, model_name: str, cfg: Classical
         _log(out / "dvclive", history, metrics)
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _cotrain(split: Split, cfg: ClassicalConfig, rule: str, progress: bool):
+    """Pick each column's round on held-out labelled rows, co-train on all labelled rows up to
+    the latest, read each column from its round; also the start (round 0) and the diagnostics.
+    """
+    settings = CoTrainSettings.from_config(cfg, rule)
+    choice = choose_rounds(split.labelled, split.y, split.unlabelled, split.n_classes,
+                           settings, cfg.validation_folds)
+    result = cotrain(split.labelled, split.y, split.unlabelled, split.n_classes, settings,
+                     last_round=max(choice.rounds.values()), progress=progress)
+    # a column keeps the last round run if the pool ran out before its round
+    kept = {col: min(k, len(result.snapshots) - 1) for col, k in choice.rounds.items()}
+    views = list(split.labelled)
+    extra = {
+        # the labelled-only SVMs (same features, PCA and penalty): round 0 of the same run
+        "accuracy_start": columns(result.snapshots[0], split.test, split.y_test,
+                                  split.n_classes),
+        "rounds": result.rounds, "rounds_kept": kept, "validation_accuracy": choice.curve,
+        "settings": dataclasses.asdict(settings),
+        "n_handed": {v: int(result.training_set(v, kept[v])[0].size) for v in views}}
+    state = {v: result.training_set(v, kept[v]) for v in views}
+    return (_evaluate_cotrained(result, kept, split), extra, state,
+            _history(result, choice, split))
 
 
 def _split(path: Path, model_name: str, data: FeatureSet, cfg: ClassicalConfig) -> Split:
