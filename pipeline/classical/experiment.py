@@ -80,7 +80,9 @@ def train_and_evaluate_classical(features: Path, model_name: str, cfg: Classical
     return metrics
 
 
-def _cotrain(split: Split, cfg: ClassicalConfig, rule: str, progress: bool):
+def _cotrain(split: Split, cfg: ClassicalConfig, rule: str, progress: bool
+             ) -> tuple[dict[str, dict[str, float]], dict[str, Any],
+                        dict[str, tuple[np.ndarray, np.ndarray]], list[dict[str, float]]]:
     """Pick each column's round on held-out labelled rows, co-train on all labelled rows up to
     the latest, read each column from its round; also the start (round 0) and the diagnostics.
     """
