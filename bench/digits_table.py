@@ -270,7 +270,7 @@ def options_table(runs: dict[str, list[dict]], keys: list[str]) -> str:
     lines = ["| model | method | option | " + " | ".join(keys) + " |",
              "|---|---|---|" + "---|" * len(keys)]
     for model, results in runs.items():
-        for method, options in results[0]["accuracy_by_option"].items():
+        for method, options in results[0].get("accuracy_by_option", {}).items():
             if len(options) < 2:
                 continue
             for option in options:
