@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.classical import CLASSICAL
 from pipeline.classical.experiment import train_and_evaluate_classical
-from pipeline.config import TrainConfig
+from pipeline.config import ClassicalConfig
 from pipeline.store import FeatureSet, write_features
 
 PAPER_EXAMPLES = 35_000
@@ -74,8 +74,8 @@ def main() -> None:
               "| CPU s scaled to 35k |\n|---|---|---|---|---|---|---|", flush=True)
         for model in args.models:
             start, cpu = time.perf_counter(), time.process_time()
-            metrics = train_and_evaluate_classical(path, model, TrainConfig(), Path(tmp) / model,
-                                                   progress=False)
+            metrics = train_and_evaluate_classical(path, model, ClassicalConfig(),
+                                                   Path(tmp) / model, progress=False)
             seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
             scaled = cpu * PAPER_EXAMPLES / args.examples
             accuracy = " / ".join(f"{100 * v:.1f}" for v in metrics["accuracy"].values())

@@ -267,15 +267,40 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ClassicalConfig:
-    """The classical peers (pipeline/classical, the `classical` stage): no network."""
+    """The classical peers (pipeline/classical, docs/models.md): co-training of linear SVMs
+    and label spreading. None of these numbers is the paper's (it copies its co-training rows
+    from Cheng et al.); each is this project's, and docs/models.md says how it was set."""
 
     models: tuple[str, ...] = CLASSICAL_MODELS
+    pca_dims: int = 256  # per view: principal components the SVMs and the kNN graph see
+    rounds: int = 10  # co-training rounds at most
+    quota: int = 0  # per category, view and round; 0 = spread the pool over `rounds`
+    candidates: int = 5  # diverse rule: cluster the candidates * quota most confident
+    penalty: float = 1e-2  # the SVMs' L2 penalty (SGDClassifier's alpha)
+    svm_epochs: int = 20  # SGD passes over each round's training set
+    # The round kept is the one with the best accuracy on labelled rows held out in turn
+    # (validation_folds folds of the labelled rows; ties -> the earlier round, 0 = the
+    # labelled-only SVM)
+    validation_folds: int = 3
+    spread_neighbours: int = 10  # label spreading's kNN graph
+    spread_alpha: float = 0.2  # label spreading's clamping (scikit-learn's default)
     seed: int = 0
 
     def check(self) -> None:
         unknown = [m for m in self.models if m not in CLASSICAL_MODELS]
         _require(not unknown and len(self.models) > 0, "classical.models", list(self.models),
                  f"a non-empty list of {', '.join(CLASSICAL_MODELS)}")
+        for key in ("pca_dims", "rounds", "candidates", "svm_epochs",
+                    "spread_neighbours"):
+            _require(getattr(self, key) >= 1, f"classical.{key}", getattr(self, key),
+                     "an integer >= 1")
+        _require(self.quota >= 0, "classical.quota", self.quota,
+                 "an integer >= 0 (0 = spread the pool over the rounds)")
+        _require(self.penalty > 0, "classical.penalty", self.penalty, "a number > 0")
+        _require(self.validation_folds >= 2, "classical.validation_folds",
+                 self.validation_folds, "an integer >= 2")
+        _require(0 < self.spread_alpha < 1, "classical.spread_alpha", self.spread_alpha,
+                 "a fraction in (0, 1)")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,9 +11,10 @@ import pytest
 import torch
 
 from pipeline.classical import CLASSICAL
-from pipeline.classical.cotrain import CoTrainSettings, cotrain
-from pipeline.classical.experiment import train_and_evaluate_classical
-from pipeline.config import CLASSICAL_MODELS, TrainConfig
+from pipeline.classical.cotrain import CoTrainSettings, columns, cotrain
+from pipeline.classical.experiment import _split, train_and_evaluate_classical
+from pipeline.classical.validation import deal_folds, keep_round
+from pipeline.config import CLASSICAL_MODELS, ClassicalConfig
 from pipeline.errors import UserError
 from pipeline.stages.classical import main as classical_main
 from pipeline.store import FeatureSet, write_features
@@ -115,21 +117,26 @@ def test_test_rows_never_reach_the_training(tmp_path):
                   for m, x in data.features.items()},
         label=np.where(data.is_test, (data.label + 3) % 10, data.label),
         is_test=data.is_test, is_labeled=data.is_labeled, categories=data.categories)
-    states = []
+    states, choices = [], []
     for name, fs in (("a", data), ("b", other)):
         write_features(tmp_path / f"{name}.h5", fs)
         metrics = train_and_evaluate_classical(tmp_path / f"{name}.h5", "ct_svm",
-                                               TrainConfig(), tmp_path / name, progress=False,
-                                               live=False)
+                                               ClassicalConfig(seed=1), tmp_path / name,
+                                               progress=False, live=False)
         states.append(torch.load(tmp_path / name / "model.pt", weights_only=True))
         assert metrics["n_test"] == int(data.is_test.sum())
+        choices.append((metrics["rounds_kept"], metrics["validation_accuracy"]))
     assert states[0].keys() == states[1].keys()
     for key in states[0]:
         if isinstance(states[0][key], torch.Tensor):
             assert torch.equal(states[0][key], states[1][key]), key
+    # the round each column keeps, and the held-out curve that chose it, are the same
+    assert choices[0] == choices[1]
+    assert any(choices[0][0].values())  # some round was kept: the rows were compared
     # the handed rows index the unlabelled set only
     n_unlabelled = int((~data.is_test & ~data.is_labeled).sum())
-    assert int(states[0]["left/rows"].max()) < n_unlabelled
+    rows = torch.cat([states[0]["left/rows"], states[0]["right/rows"]])
+    assert rows.numel() and int(rows.max()) < n_unlabelled
 
 
 def test_stage_writes_the_train_stage_files(tmp_path, capsys):
@@ -156,7 +163,7 @@ def test_stage_writes_the_train_stage_files(tmp_path, capsys):
 def test_label_spreading_rows_and_determinism(tmp_path):
     features = tmp_path / "digits.h5"
     write_features(features, digits_views(seed=0))
-    runs = [train_and_evaluate_classical(features, "label_spreading", TrainConfig(),
+    runs = [train_and_evaluate_classical(features, "label_spreading", ClassicalConfig(),
                                          tmp_path / f"ls{i}", progress=False, live=False)
             for i in range(2)]
     assert runs[0]["accuracy"] == runs[1]["accuracy"]
@@ -178,7 +185,7 @@ def test_one_modality_file_is_refused_before_writing(tmp_path, capsys, model):
     assert str(features) in err and "needs exactly two modalities" in err
     assert not out.exists()
     with pytest.raises(UserError, match="needs exactly two modalities"):
-        train_and_evaluate_classical(features, model, TrainConfig(), out)
+        train_and_evaluate_classical(features, model, ClassicalConfig(), out)
 
 
 def test_registry_names_are_valid_train_models():
@@ -189,8 +196,13 @@ def test_registry_names_are_valid_train_models():
 def test_params_yaml_trains_them():
     import yaml
 
-    models = yaml.safe_load(Path("params.yaml").read_text())["classical"]["models"]
-    assert set(CLASSICAL) <= set(models)
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    assert set(CLASSICAL) <= set(params["classical"]["models"])
+    # the classical section is ClassicalConfig's defaults, key for key
+    defaults = dataclasses.asdict(ClassicalConfig())
+    assert {k: tuple(v) if isinstance(v, list) else v
+            for k, v in params["classical"].items()} == defaults
+    assert ClassicalConfig().models == tuple(CLASSICAL)
 
 
 def test_label_spreading_counts_unreached_test_examples_as_wrong(tmp_path):
@@ -207,8 +219,95 @@ def test_label_spreading_counts_unreached_test_examples_as_wrong(tmp_path):
     write_features(tmp_path / "f.h5", FeatureSet(
         features={"rgb": x}, label=label, is_test=is_test, is_labeled=is_labeled,
         categories=["c0", "c1"]))
-    metrics = train_and_evaluate_classical(tmp_path / "f.h5", "label_spreading", TrainConfig(),
+    metrics = train_and_evaluate_classical(tmp_path / "f.h5", "label_spreading", ClassicalConfig(),
                                            tmp_path / "out", progress=False, live=False)
     assert metrics["test_unreached"] == {"rgb": 3}
     # B's three test rows are all category 0; predicting 0 for them would score them right
     assert metrics["accuracy"]["rgb"] <= 4 / 7
+
+
+@pytest.mark.parametrize("model", ["ct_svm", "cotraining"])
+def test_accuracy_start_is_the_labelled_only_svm(tmp_path, model):
+    """`accuracy_start` is what an SVM fitted on the labelled rows alone scores, with the same
+    features, PCA and penalty, fitted here without the co-training code."""
+    from sklearn.linear_model import SGDClassifier
+
+    data = digits_views(seed=2)
+    write_features(tmp_path / "d.h5", data)
+    cfg = ClassicalConfig(seed=2, penalty=1e-3)
+    metrics = train_and_evaluate_classical(tmp_path / "d.h5", model, cfg, tmp_path / "out",
+                                           progress=False, live=False)
+    split = _split(tmp_path / "d.h5", model, data, cfg)
+    margins = {}
+    for view in ("left", "right"):
+        svm = SGDClassifier(loss="hinge", alpha=1e-3, max_iter=cfg.svm_epochs, tol=None,
+                            random_state=2).fit(split.labelled[view], split.y)
+        margins[view] = svm.decision_function(split.test[view])
+    expected = {v: float((m.argmax(1) == split.y_test).mean()) for v, m in margins.items()}
+    expected["left+right"] = float(
+        ((margins["left"] + margins["right"]).argmax(1) == split.y_test).mean())
+    assert metrics["accuracy_start"] == expected
+    # each column is the start's where it keeps round 0
+    for key, kept in metrics["rounds_kept"].items():
+        if kept == 0:
+            assert metrics["accuracy"][key] == expected[key]
+
+
+def test_keep_round_needs_a_clear_gain_over_the_start():
+    start = np.array([True] * 20 + [False] * 20)
+    # round 1 breaks 5 of the start's successes and fixes 2: worse, not kept
+    worse = start.copy()
+    worse[:5], worse[20:22] = False, True
+    # round 2 fixes 2 errors: a gain of 2 of sqrt(2) rows, clear (2 > 1.41)
+    fixes_two = start.copy()
+    fixes_two[20:22] = True
+    # round 3 fixes 4 and breaks 2: +2 of sqrt(6) = 2.45, not clear, though as accurate
+    mixed = start.copy()
+    mixed[20:24], mixed[:2] = True, False
+    assert keep_round(np.stack([start, worse])) == 0
+    assert keep_round(np.stack([start, worse, mixed])) == 0
+    assert keep_round(np.stack([start, worse, fixes_two, mixed])) == 2
+    # a tie between two clear rounds goes to the earlier
+    assert keep_round(np.stack([start, fixes_two, fixes_two])) == 1
+
+
+def test_deal_folds_keeps_each_category_in_every_training_part():
+    y = np.array([0] * 7 + [1] * 2 + [2] * 5)
+    fold = deal_folds(y, 3, seed=0)
+    assert sorted(np.bincount(fold[y == 0], minlength=3)) == [2, 2, 3]
+    for k in range(3):
+        assert set(y[fold != k]) == {0, 1, 2}
+
+
+def test_selection_stops_where_handed_labels_hurt(tmp_path):
+    """View b is sure that 60 unlabelled category-0 rows are 1s and hands them to view a,
+    where they sit on a's labelled 0s; a hands them back to b as 0s at b's 1s. Every round
+    hurts both views on held-out labelled rows, so the labelled-only SVMs are kept."""
+    rng = np.random.default_rng(0)
+    n_l, n_u, n_t = 12, 60, 40
+    y_l = np.repeat([0, 1], n_l // 2)
+    y_t = np.repeat([0, 1], n_t // 2)
+    side = lambda y: np.where(y == 1, 1.0, -1.0)  # noqa: E731
+    jitter = lambda n: rng.normal(0, 0.05, n)  # noqa: E731
+    a = np.concatenate([side(y_l) + jitter(n_l), -1 + jitter(n_u), side(y_t) + jitter(n_t)])
+    b = np.concatenate([side(y_l) + jitter(n_l), 1 + jitter(n_u), side(y_t) + jitter(n_t)])
+    label = np.concatenate([y_l, np.zeros(n_u, np.int64), y_t])
+    is_test = np.arange(n_l + n_u + n_t) >= n_l + n_u
+    is_labeled = np.arange(n_l + n_u + n_t) < n_l
+    fs = FeatureSet(features={"a": a[:, None].astype(np.float32),
+                              "b": b[:, None].astype(np.float32)},
+                    label=label, is_test=is_test, is_labeled=is_labeled, categories=["0", "1"])
+    write_features(tmp_path / "f.h5", fs)
+    cfg = ClassicalConfig(quota=10, rounds=3)
+    metrics = train_and_evaluate_classical(tmp_path / "f.h5", "ct_svm", cfg, tmp_path / "out",
+                                           progress=False, live=False)
+    assert metrics["rounds_kept"] == {"a": 0, "b": 0, "a+b": 0}
+    assert metrics["accuracy"] == metrics["accuracy_start"]
+    assert metrics["n_handed"] == {"a": 0, "b": 0}
+    # the case does hurt: keeping the last round would have scored lower on both views
+    split = _split(tmp_path / "f.h5", "ct_svm", fs, cfg)
+    full = cotrain(split.labelled, split.y, split.unlabelled, 2,
+                   CoTrainSettings.from_config(cfg, "top"))
+    last = columns(full.classifiers, split.test, split.y_test, 2)
+    assert last["a"] < metrics["accuracy_start"]["a"]
+    assert last["b"] < metrics["accuracy_start"]["b"]

@@ -1,15 +1,17 @@
-"""The `train` stage's work for the classical models: fit, evaluate, write DIR's files.
+"""The classical models' work: fit, evaluate, write DIR's files.
 
 Writes what the generative models write, so DVC's outputs and the report are the same:
-`metrics.json` (`accuracy` keyed rgb / depth / rgb+depth, `accuracy_by_method`),
-`config.json`, `dvclive/` (per round: examples handed over and how many of their labels
-were right, judged on the training rows' labels, never the test rows'), and `model.pt`
-(format `ssmvae-classical/1`: the final training sets, i.e. which unlabelled rows each view
-learnt from and with which labels; `predict` does not load it). Each view's features are
-standardised and projected on their first PCA_DIMS principal components, both fitted on the
-training rows (labelled and unlabelled, never test): the SVMs, k-means and the kNN graph
-then work in 256 dimensions, not 4096, which is what makes the paper's scale take minutes on
-a CPU.
+`metrics.json` (`accuracy` keyed rgb / depth / rgb+depth, `accuracy_by_method`; for the
+co-training models also `accuracy_start`, the labelled-only SVMs co-training starts from, and
+`rounds_kept`, the round each column keeps), `config.json`, `dvclive/` (per round: examples
+handed over and how many of their labels were right, judged on the training rows' labels,
+never the test rows', and the held-out labelled rows' accuracy), and `model.pt` (format
+`ssmvae-classical/1`: the training sets kept, i.e. which unlabelled rows each view learnt
+from and with which labels; `predict` does not load it). Each view's features are
+standardised and projected on their first `classical.pca_dims` principal components, both
+fitted on the training rows (labelled and unlabelled, never test): the SVMs, k-means and the
+kNN graph then work in 256 dimensions, not 4096, which is what makes the paper's scale take
+minutes on a CPU.
 """
 
 from __future__ import annotations
@@ -22,20 +24,15 @@ import numpy as np
 
 from pipeline.atomic import torch_save, write_json
 from pipeline.classical import CLASSICAL
-from pipeline.classical.cotrain import CoTrainResult, CoTrainSettings, cotrain, scores
-from pipeline.config import TrainConfig
+from pipeline.classical.cotrain import CoTrainResult, CoTrainSettings, columns, cotrain
+from pipeline.classical.validation import RoundChoice, choose_rounds
+from pipeline.config import ClassicalConfig
 from pipeline.errors import UserError
 from pipeline.store import FeatureSet, read_features
 
 FORMAT = "ssmvae-classical/1"  # model.pt of a classical model (predict does not load it)
 
-# The co-training rules and their settings (docs/models.md says why these values).
-COTRAIN = {"ct_svm": CoTrainSettings(rule="top"), "cotraining": CoTrainSettings(rule="diverse")}
-# Label spreading: a kNN graph with this many neighbours, fixed in advance (so no test label
-# picks it; scikit-learn's default is 7).
-SPREAD_NEIGHBOURS = 10
-SPREAD_ALPHA = 0.2  # scikit-learn's default clamping
-PCA_DIMS = 256  # per view
+RULES = {"ct_svm": "top", "cotraining": "diverse"}  # the co-training models' rules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,27 +49,21 @@ class Split:
     n_classes: int
 
 
-def train_and_evaluate_classical(features: Path, model_name: str, cfg: TrainConfig, out: Path,
-                                 *, progress: bool = True, live: bool = True) -> dict[str, Any]:
+def train_and_evaluate_classical(features: Path, model_name: str, cfg: ClassicalConfig,
+                                 out: Path, *, progress: bool = True, live: bool = True
+                                 ) -> dict[str, Any]:
     """Check the file, fit `model_name`, evaluate every input, write `out/metrics.json`."""
     if model_name not in CLASSICAL:
         raise UserError(f"--model: {model_name!r} is not one of {', '.join(CLASSICAL)}")
     data = read_features(features)
-    split = _split(features, model_name, data, cfg.seed)  # all checks before out/ exists
+    split = _split(features, model_name, data, cfg)  # all checks before out/ exists
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", dataclasses.asdict(cfg))
-    if model_name in COTRAIN:
-        settings = dataclasses.replace(COTRAIN[model_name], seed=cfg.seed)
-        result = cotrain(split.labelled, split.y, split.unlabelled, split.n_classes, settings,
-                         progress=progress)
-        by_method = _evaluate_cotrained(result, split)
-        extra = {"rounds": result.rounds, "settings": dataclasses.asdict(settings),
-                 "n_handed": {v: int(result.training_set(v)[0].size) for v in split.labelled}}
-        state = {v: result.training_set(v) for v in split.labelled}
-        history = _history(result, split)
+    if model_name in RULES:
+        by_method, extra, state, history = _cotrain(split, cfg, RULES[model_name], progress)
     else:
-        by_method, transduced, unreached = _label_spreading(split)
-        extra = {"n_neighbors": SPREAD_NEIGHBOURS, "alpha": SPREAD_ALPHA,
+        by_method, transduced, unreached = _label_spreading(split, cfg)
+        extra = {"n_neighbors": cfg.spread_neighbours, "alpha": cfg.spread_alpha,
                  "test_unreached": unreached}
         state = {k: (np.arange(v.size), v) for k, v in transduced.items()}
         history = []
@@ -89,7 +80,33 @@ def train_and_evaluate_classical(features: Path, model_name: str, cfg: TrainConf
     return metrics
 
 
-def _split(path: Path, model_name: str, data: FeatureSet, seed: int) -> Split:
+def _cotrain(split: Split, cfg: ClassicalConfig, rule: str, progress: bool
+             ) -> tuple[dict[str, dict[str, float]], dict[str, Any],
+                        dict[str, tuple[np.ndarray, np.ndarray]], list[dict[str, float]]]:
+    """Pick each column's round on held-out labelled rows, co-train on all labelled rows up to
+    the latest, read each column from its round; also the start (round 0) and the diagnostics.
+    """
+    settings = CoTrainSettings.from_config(cfg, rule)
+    choice = choose_rounds(split.labelled, split.y, split.unlabelled, split.n_classes,
+                           settings, cfg.validation_folds)
+    result = cotrain(split.labelled, split.y, split.unlabelled, split.n_classes, settings,
+                     last_round=max(choice.rounds.values()), progress=progress)
+    # a column keeps the last round run if the pool ran out before its round
+    kept = {col: min(k, len(result.snapshots) - 1) for col, k in choice.rounds.items()}
+    views = list(split.labelled)
+    extra = {
+        # the labelled-only SVMs (same features, PCA and penalty): round 0 of the same run
+        "accuracy_start": columns(result.snapshots[0], split.test, split.y_test,
+                                  split.n_classes),
+        "rounds": result.rounds, "rounds_kept": kept, "validation_accuracy": choice.curve,
+        "settings": dataclasses.asdict(settings),
+        "n_handed": {v: int(result.training_set(v, kept[v])[0].size) for v in views}}
+    state = {v: result.training_set(v, kept[v]) for v in views}
+    return (_evaluate_cotrained(result, kept, split), extra, state,
+            _history(result, choice, split))
+
+
+def _split(path: Path, model_name: str, data: FeatureSet, cfg: ClassicalConfig) -> Split:
     """Check the file for `model_name` (UserError naming it), then scale and project it."""
     if CLASSICAL[model_name].multimodal and len(data.modalities) != 2:
         raise UserError(f"{path}: model {model_name!r} co-trains one classifier per view and "
@@ -108,28 +125,25 @@ def _split(path: Path, model_name: str, data: FeatureSet, seed: int) -> Split:
     for m, x in data.features.items():
         mean, std = x[train].mean(0), x[train].std(0)
         x = ((x - mean) / np.maximum(std, 1e-3)).astype(np.float32)
-        pca = PCA(n_components=min(PCA_DIMS, *x[train].shape), random_state=seed)
+        pca = PCA(n_components=min(cfg.pca_dims, *x[train].shape), random_state=cfg.seed)
         scaled[m] = pca.fit(x[train]).transform(x).astype(np.float32)
     pick = lambda rows: {m: x[rows] for m, x in scaled.items()}  # noqa: E731
     return Split(pick(labelled), data.label[labelled], pick(unlabelled), data.label[unlabelled],
                  pick(data.is_test), data.label[data.is_test], len(data.categories))
 
 
-def _evaluate_cotrained(result: CoTrainResult, split: Split) -> dict[str, dict[str, float]]:
-    """Each view's SVM alone, and both: the argmax of the summed margins.
-
-    Summing one-vs-rest margins is the product of the views' softmax scores (the views are
-    taken as independent given the category, co-training's own assumption); it needs no
-    calibration, which 5 % labelled cannot give per fold in the demo's small data.
-    """
-    margins = {v: scores(clf, split.test[v], split.n_classes)
-               for v, clf in result.classifiers.items()}
-    unimodal = {v: _acc(s, split.y_test) for v, s in margins.items()}
-    joint = {"+".join(margins): _acc(sum(margins.values()), split.y_test)}
-    return {"unimodal": unimodal, "joint": joint}
+def _evaluate_cotrained(result: CoTrainResult, kept: dict[str, int], split: Split
+                        ) -> dict[str, dict[str, float]]:
+    """Each view's SVM alone, and both (`cotrain.columns`), each from the round it keeps."""
+    views = list(split.labelled)
+    both = "+".join(views)
+    at = {k: columns(result.snapshots[k], split.test, split.y_test, split.n_classes)
+          for k in set(kept.values())}
+    return {"unimodal": {v: at[kept[v]][v] for v in views},
+            "joint": {both: at[kept[both]][both]}}
 
 
-def _label_spreading(split: Split) -> tuple[dict[str, dict[str, float]],
+def _label_spreading(split: Split, cfg: ClassicalConfig) -> tuple[dict[str, dict[str, float]],
                                             dict[str, np.ndarray], dict[str, int]]:
     """LabelSpreading per modality and on their concatenation (key 'rgb+depth').
 
@@ -147,8 +161,9 @@ def _label_spreading(split: Split) -> tuple[dict[str, dict[str, float]],
         train = np.concatenate([np.concatenate([split.labelled[m], split.unlabelled[m]])
                                 for m in modalities], axis=1)
         test = np.concatenate([split.test[m] for m in modalities], axis=1)
-        model = LabelSpreading(kernel="knn", n_neighbors=min(SPREAD_NEIGHBOURS, len(train) - 1),
-                               alpha=SPREAD_ALPHA, max_iter=1000)
+        model = LabelSpreading(kernel="knn",
+                               n_neighbors=min(cfg.spread_neighbours, len(train) - 1),
+                               alpha=cfg.spread_alpha, max_iter=1000)
         model.fit(train, y)
         with np.errstate(invalid="ignore", divide="ignore"):
             proba = model.predict_proba(test)
@@ -162,12 +177,10 @@ def _label_spreading(split: Split) -> tuple[dict[str, dict[str, float]],
     return {"joint": accuracy}, transduced, unreached
 
 
-def _acc(margins: np.ndarray, y: np.ndarray) -> float:
-    return float((margins.argmax(1) == y).mean())
-
-
-def _history(result: CoTrainResult, split: Split) -> list[dict[str, float]]:
-    """Per round: how many examples each view handed over, and the share labelled right."""
+def _history(result: CoTrainResult, choice: RoundChoice, split: Split
+             ) -> list[dict[str, float]]:
+    """Per round: how many examples each view handed over, the share labelled right, and the
+    held-out labelled rows' mean accuracy (the curve that picked the round kept)."""
     rounds: dict[int, dict[str, float]] = {}
     for h in result.handovers:
         step = rounds.setdefault(h.round, {})
@@ -175,6 +188,9 @@ def _history(result: CoTrainResult, split: Split) -> list[dict[str, float]]:
         if h.rows.size:
             right = float((split.y_unlabelled[h.rows] == h.labels).mean())
             step[f"cotrain/pseudo_label_accuracy/{h.source}"] = right
+    for r, accuracy in enumerate(choice.curve[1:], start=1):
+        step = rounds.setdefault(r, {})
+        step.update({f"cotrain/validation_accuracy/{k}": v for k, v in accuracy.items()})
     return [rounds[r] for r in sorted(rounds)]
 
 
