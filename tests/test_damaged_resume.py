@@ -3,6 +3,7 @@ and the stage starts afresh: train's `checkpoint.pt`, VGG16's `state.pt` (both t
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ from pipeline.features import vgg
 from tests.test_features_pipeline import CONFIG, data, outside_any_repo  # noqa: F401
 from tests.test_train import TINY, digits_file  # noqa: F401
 from tests.tiny_vgg_stage import tiny_vgg16
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DAMAGES = {
     "truncated": lambda good: good[:len(good) // 2],
@@ -28,7 +31,8 @@ class Killed(Exception):
 
 def _train(features, out, *extra):
     sets = [arg for s in [*TINY, *extra] for arg in ("--set", s)]
-    return cli(["train", "--features", str(features), "--model", "ss_mvae", "--out", str(out),
+    return cli(["train", "--params", str(ROOT / "params.yaml"), "--features", str(features),
+                "--model", "ss_mvae", "--out", str(out),
                 "--no-progress", *sets])
 
 
