@@ -102,7 +102,8 @@ def _build(model_name: str, data: TrialData, cfg: TrainConfig,
            device: torch.device) -> nn.Module:
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
     return build_model(model_name, data.dims, len(data.categories), cfg,
-                       labelled_share=labelled_share(data)).to(device)
+                       labelled_share=labelled_share(len(data.labelled),
+                                                      len(data.unlabelled))).to(device)
 
 
 def _fingerprint(features: Path, model_name: str, cfg: TrainConfig) -> dict[str, Any]:

@@ -21,16 +21,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.distributions import Independent, Normal, RelaxedOneHotCategorical, kl_divergence
 
 from pipeline.config import TrainConfig
-
-if TYPE_CHECKING:
-    from pipeline.vae.data import TrialData
 
 Tensors = dict[str, torch.Tensor]
 
@@ -60,9 +56,9 @@ class ObjectiveConfig:
     temperature: float = TrainConfig.temperature
 
 
-def labelled_share(data: TrialData) -> float:
+def labelled_share(n_labelled: int, n_unlabelled: int) -> float:
     """N / (N + M) of a trial's training rows: the one place it is computed."""
-    return len(data.labelled) / (len(data.labelled) + len(data.unlabelled))
+    return n_labelled / (n_labelled + n_unlabelled)
 
 
 def standard_normal_like(dist: Independent) -> Independent:
