@@ -11,10 +11,11 @@ the learning curves (DVCLive, `Curves`), and the resumable checkpoint:
   run's last resumes after that epoch, bit-identically on a CPU (the RNG states come back);
   one of other parameters is ignored (and overwritten); an unreadable one (truncated, empty,
   foreign) is deleted with a one-line message and training starts afresh;
-- cadence: whenever `every` epochs have passed since the last save (or the start) and the
-  training time since the last save is at least 20 times what it took, so that checkpoints
-  cost at most 5 % of the training time whatever the disk (docs/scale.md); never after the
-  last epoch (the trainer's final output replaces it). A resume loses at most that interval.
+- cadence: the first save once `every` epochs have passed; then whenever `every` more have
+  and the training time since the last save is at least 20 times what that save took, so
+  that checkpoints cost at most 5 % of the training time on any disk (docs/scale.md); never
+  after the last epoch (the trainer's final output replaces it). A resume loses at most
+  that interval.
 """
 
 from __future__ import annotations
