@@ -95,7 +95,9 @@ def load_or_discard(path: Path, *, mmap: bool = False) -> dict[str, Any] | None:
         if not isinstance(saved, dict):
             raise TypeError(f"holds a {type(saved).__name__}, not a dict")
     except Exception as err:  # torch raises many types for a damaged or foreign file
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        # the first sentence: torch's messages run on with advice that does not apply here
+        first = str(err).strip().splitlines()[0].split(". ")[0][:160] if str(err).strip() else ""
+        reason = f"{type(err).__name__}: {first}" if first else type(err).__name__
         log.warning("%s: unreadable (%s); deleting it and starting afresh", path, reason)
         path.unlink(missing_ok=True)
         return None
