@@ -73,32 +73,35 @@ class EagerStep:
         self.g = torch.Generator().manual_seed(0)
         self.batch, self.device = cfg.batch_size, device
         self.seconds: list[float] = []
+        self.cpu: list[float] = []  # the process's CPU seconds per step
 
-    def run(self, steps: int) -> float:
-        """Take `steps` timed steps; return the seconds they took."""
-        total = 0.0
+    def run(self, steps: int) -> tuple[float, float]:
+        """Take `steps` timed steps; return the wall-clock and CPU seconds they took."""
+        total = cpu = 0.0
         for _ in range(steps):
             rows = torch.randint(0, len(self.y), (2, self.batch), generator=self.g)
             labelled = Batch({m: v[rows[0]] for m, v in self.x.items()}, self.y[rows[0]])
             unlabelled = Batch({m: v[rows[1]] for m, v in self.x.items()})
             sync(self.device)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             loss, _ = self.model.loss(labelled, unlabelled)
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
             sync(self.device)
             self.seconds.append(time.perf_counter() - start)
-            total += self.seconds[-1]
-        return total
+            self.cpu.append(time.process_time() - start_cpu)
+            total, cpu = total + self.seconds[-1], cpu + self.cpu[-1]
+        return total, cpu
 
 
 class Clock:
     """Wall-clock marks of one train run, taken by wrapping the stage's own functions."""
 
     def __init__(self) -> None:
-        self.curves = self.checkpoints = self.eager = 0.0
+        self.curves = self.checkpoints = self.eager = self.eager_cpu = 0.0
         self.final: tuple[float, float] = (0.0, 0.0)
+        self.final_cpu = 0.0  # process CPU seconds when the final evaluation began
 
     def install(self, patch: Callable[[object, str, object], None], eager: EagerStep,
                 steps: int) -> None:
@@ -108,7 +111,8 @@ class Clock:
         curve, metrics = experiment._curve_accuracy, experiment._metrics
 
         def timed_check(*args):
-            self.eager += eager.run(steps)
+            wall, cpu = eager.run(steps)
+            self.eager, self.eager_cpu = self.eager + wall, self.eager_cpu + cpu
             return check(*args)
 
         def timed_save(checkpoint, *args):
@@ -123,7 +127,7 @@ class Clock:
             return out
 
         def timed_metrics(*args):
-            start = time.perf_counter()
+            start, self.final_cpu = time.perf_counter(), time.process_time()
             out = metrics(*args)
             self.final = (start, time.perf_counter())
             return out
@@ -157,6 +161,7 @@ def main() -> None:
         eager = EagerStep(args.model, data, device)
         eager.run(1)
         eager.seconds.clear()  # the first step warms up
+        eager.cpu.clear()
         eager.run(args.eager_steps)
         clock = Clock()
         originals = []
@@ -166,7 +171,7 @@ def main() -> None:
             setattr(owner, name, value)
 
         clock.install(patch, eager, args.eager_steps)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         try:
             code = cli(["train", "--params", str(root / "params.yaml"), "--features",
                         str(root / "features.h5"), "--model", args.model, "--out",
@@ -187,6 +192,9 @@ def main() -> None:
     eager_step = statistics.mean(eager.seconds)
     eager_rate = 128 / eager_step
     run_rate = n_u * args.epochs / trained
+    # CPU time: what each side computed, whatever else the machine ran meanwhile
+    cpu_ratio = (statistics.mean(eager.cpu) / 128) / (
+        (clock.final_cpu - start_cpu - clock.eager_cpu) / (n_u * args.epochs))
     final = clock.final[1] - clock.final[0]
     paper_epoch = per_epoch * -(-int(PAPER_EXAMPLES * 0.95) // 128) / steps
     print(f"device: {device_name(device)}, torch {torch.__version__}; {args.model}, paper "
@@ -196,7 +204,8 @@ def main() -> None:
           f"before, between the epochs of and after the run (min {min(eager.seconds):.2f}, max "
           f"{max(eager.seconds):.2f}): {eager_rate:.1f} unlabelled examples/s")
     print(f"train command line, start to final evaluation: {trained:.1f} s = "
-          f"{run_rate:.1f} unlabelled examples/s = {run_rate / eager_rate:.2f}x the eager step")
+          f"{run_rate:.1f} unlabelled examples/s = {run_rate / eager_rate:.2f}x the eager step; "
+          f"in CPU time per example (the load of a shared machine aside) {cpu_ratio:.2f}x")
     print(f"learning curves: {clock.curves:.1f} s in all = {clock.curves / trained:.1%} of the "
           f"training time; checkpoints: {clock.checkpoints:.1f} s = "
           f"{clock.checkpoints / trained:.1%}")
