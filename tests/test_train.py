@@ -9,11 +9,11 @@ import torch
 
 from pipeline.__main__ import main as cli
 from pipeline.config import TrainConfig
+from pipeline.engine import Checkpoint, NonFiniteLossError
 from pipeline.store import read_features, write_features
 from pipeline.vae import MODELS, build_model
 from pipeline.vae.data import prepare
 from pipeline.vae.experiment import train_and_evaluate
-from pipeline.engine import Checkpoint, NonFiniteLossError
 from pipeline.vae.training import epoch_batches, fit
 from tests.digits import digits_views
 
