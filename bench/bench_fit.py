@@ -1,119 +1,217 @@
-"""Whole epochs of the project's training loop (`fit`) at the paper's scale, and 200 of them.
+"""A whole `python -m pipeline train` run at the paper's sizes against a plain eager step.
 
-    python bench/bench_fit.py [--model ss_hmvae_kl] [--examples N] [--epochs 3]
-                              [--device auto] [--precision bf16] [--compile auto]
+    python bench/bench_fit.py [--model ss_hmvae_kl] [--examples 3072] [--test 1024]
+                              [--epochs 3] [--device auto] [--threads 1] [--eager-steps 2]
 
-Random 4096-d RGB and depth features for `--examples` training examples (5% labelled, as in
-the paper), held on the device as `fit` holds a trial's; the paper's model sizes and
-batches. Times `--epochs` epochs of `training.fit` (the first one apart: it includes
-`torch.compile`), and prints seconds per epoch, examples per second, the share of the
-device's matmul peak (bf16 on CUDA, fp32 on CPU; FLOPs per step counted once), and what
-200 epochs take at that rate. This is the loop the train stage runs, per-epoch host work
-included (index transfer, loss means); the per-epoch test evaluation is not.
-`--examples` defaults to the paper's ~35,000 on CUDA and to 2,000 on the CPU.
+Writes random 4096-d RGB and depth features (`--examples` training rows, 5% labelled as in
+the paper, and `--test` test rows, 51 classes) and runs the train stage's command line on
+them with the paper profile (1024-unit layers, batches of 128 + 128, `params.yaml`'s
+precision), timing from the stage's start: the epochs, the learning-curve evaluations, the
+checkpoints and the final evaluation apart. Before and after the run it times a plain eager
+PyTorch step of the same model on the same data (fp32, torch.optim.Adam, no autocast, the
+distributions' checks on), and between its epochs too (their time taken out of the run's),
+so that both see the same load on a shared machine. It reports the run's unlabelled
+examples/s, without its final evaluation, as a multiple of the eager step's (issue 17's
+target: at least 1.2x). It also
+prints what the curves and the checkpoints cost as a share of the training time, and the
+final evaluation in epochs of the paper's size (35,000 training rows).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import device_name, matmul_peak, sync
+from bench._common import device_name, sync
+from pipeline import engine
+from pipeline.__main__ import main as cli
 from pipeline.config import TrainConfig
 from pipeline.devices import resolve_device
-from pipeline.vae import MODELS, build_model
-from pipeline.vae.data import FeatureScaler, TrialData
+from pipeline.store import FeatureSet, write_features
+from pipeline.vae import MODELS, build_model, experiment
 from pipeline.vae.objective import Batch
-from pipeline.vae.training import (
-    FitSettings,
-    LossModule,
-    autocast_dtype,
-    fit,
-    make_optimizer,
-    train_step,
-)
 
-DIM, CLASSES = 4096, 51
+ROOT = Path(__file__).resolve().parents[1]
+DIM, CLASSES, PAPER_EXAMPLES = 4096, 51, 35_000
 
 
-def random_trial(n: int, device: torch.device) -> TrialData:
-    g = torch.Generator().manual_seed(0)
-    n_l = max(2, n // 20)
-
-    def batch(rows: int, labelled: bool) -> Batch:
-        x = {m: torch.randn(rows, DIM, generator=g).to(device) for m in ("rgb", "depth")}
-        y = torch.randint(0, CLASSES, (rows,), generator=g).to(device) if labelled else None
-        return Batch(x, y)
-
-    scaler = FeatureScaler("gaussian", {}, {})
-    return TrialData(labelled=batch(n_l, True), unlabelled=batch(n - n_l, False),
-                     test=batch(2, True), scaler=scaler,
-                     categories=[str(c) for c in range(CLASSES)], modalities=["rgb", "depth"])
+def random_features(path: Path, n_train: int, n_test: int) -> FeatureSet:
+    rng = np.random.default_rng(0)
+    n = n_train + n_test
+    data = FeatureSet(
+        features={m: rng.standard_normal((n, DIM), dtype=np.float32) for m in ("rgb", "depth")},
+        label=rng.integers(0, CLASSES, n), is_test=np.arange(n) >= n_train,
+        is_labeled=np.arange(n) < max(2, n_train // 20),
+        categories=[f"c{k}" for k in range(CLASSES)])
+    write_features(path, data)
+    return data
 
 
-def flops_per_step(model_name: str, data: TrialData, cfg: TrainConfig, precision: str) -> int:
-    model = build_model(model_name, data.dims, CLASSES, cfg).to(data.test.y.device)
-    take = slice(0, cfg.batch_size)
-    labelled = Batch({m: x[take] for m, x in data.labelled.x.items()}, data.labelled.y[take])
-    unlabelled = Batch({m: x[take] for m, x in data.unlabelled.x.items()})
-    counter = FlopCounterMode(display=False)
-    with counter:
-        train_step(LossModule(model), make_optimizer(model, 1e-4), labelled, unlabelled,
-                   dtype=autocast_dtype(precision))
-    return counter.get_total_flops()
+class EagerStep:
+    """A plain eager PyTorch step of the same model on the same data (128 labelled + 128
+    unlabelled rows): fp32, torch.optim.Adam, no autocast, the distributions' checks on."""
+
+    def __init__(self, model_name: str, data: FeatureSet, device: torch.device) -> None:
+        cfg = TrainConfig()
+        torch.manual_seed(0)
+        self.model = build_model(model_name, {m: DIM for m in data.features}, CLASSES,
+                                 cfg).to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.x = {m: torch.from_numpy(v).to(device) for m, v in data.features.items()}
+        self.y = torch.from_numpy(data.label).to(device)
+        self.g = torch.Generator().manual_seed(0)
+        self.batch, self.device = cfg.batch_size, device
+        self.seconds: list[float] = []
+        self.cpu: list[float] = []  # the process's CPU seconds per step
+
+    def run(self, steps: int) -> tuple[float, float]:
+        """Take `steps` timed steps; return the wall-clock and CPU seconds they took."""
+        total = cpu = 0.0
+        for _ in range(steps):
+            rows = torch.randint(0, len(self.y), (2, self.batch), generator=self.g)
+            labelled = Batch({m: v[rows[0]] for m, v in self.x.items()}, self.y[rows[0]])
+            unlabelled = Batch({m: v[rows[1]] for m, v in self.x.items()})
+            sync(self.device)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            loss, _ = self.model.loss(labelled, unlabelled)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            sync(self.device)
+            self.seconds.append(time.perf_counter() - start)
+            self.cpu.append(time.process_time() - start_cpu)
+            total, cpu = total + self.seconds[-1], cpu + self.cpu[-1]
+        return total, cpu
+
+
+class Clock:
+    """Wall-clock marks of one train run, taken by wrapping the stage's own functions."""
+
+    def __init__(self) -> None:
+        self.curves = self.checkpoints = self.eager = self.eager_cpu = 0.0
+        self.final: tuple[float, float] = (0.0, 0.0)
+        self.final_cpu = 0.0  # process CPU seconds when the final evaluation began
+
+    def install(self, patch: Callable[[object, str, object], None], eager: EagerStep,
+                steps: int) -> None:
+        """Time the run's parts; after each epoch also take `steps` eager steps (their time
+        is taken out of the run's), so that both see the same load on a shared machine."""
+        check, save = engine._check_finite, engine.Checkpoint.save
+        curve, metrics = experiment._curve_accuracy, experiment._metrics
+
+        def timed_check(*args):
+            wall, cpu = eager.run(steps)
+            self.eager, self.eager_cpu = self.eager + wall, self.eager_cpu + cpu
+            return check(*args)
+
+        def timed_save(checkpoint, *args):
+            start = time.perf_counter()
+            save(checkpoint, *args)
+            self.checkpoints += time.perf_counter() - start
+
+        def timed_curve(*args):
+            start = time.perf_counter()
+            out = curve(*args)
+            self.curves += time.perf_counter() - start
+            return out
+
+        def timed_metrics(*args):
+            start, self.final_cpu = time.perf_counter(), time.process_time()
+            out = metrics(*args)
+            self.final = (start, time.perf_counter())
+            return out
+
+        patch(engine, "_check_finite", timed_check)
+        patch(engine.Checkpoint, "save", timed_save)
+        patch(experiment, "_curve_accuracy", timed_curve)
+        patch(experiment, "_metrics", timed_metrics)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ss_hmvae_kl", choices=list(MODELS))
-    parser.add_argument("--examples", type=int, default=0, help="0: 35000 on CUDA, else 2000")
+    parser.add_argument("--examples", type=int, default=3072, help="training rows")
+    parser.add_argument("--test", type=int, default=1024, help="test rows")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
-    parser.add_argument("--compile", default="auto", choices=["auto", "always", "never"])
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--eager-steps", type=int, default=2,
+                        help="eager steps before, after each epoch of, and after the run")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    compiled = args.compile == "always" or (args.compile == "auto" and device.type == "cuda")
-    cfg = TrainConfig(precision=args.precision)
-    examples = args.examples or (35_000 if device.type == "cuda" else 2_000)
-    data = random_trial(examples, device)
-    peak = matmul_peak(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
-    flops = flops_per_step(args.model, data, cfg, args.precision)
-    torch.manual_seed(0)
-    model = build_model(args.model, data.dims, CLASSES, cfg).to(device)
-    times: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        data = random_features(root / "features.h5", args.examples, args.test)
+        params = yaml.safe_load((ROOT / "params.yaml").read_text())
+        params.update(profile="paper", trials=list(range(1, 11)))
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        eager = EagerStep(args.model, data, device)
+        eager.run(1)
+        eager.seconds.clear()  # the first step warms up
+        eager.cpu.clear()
+        eager.run(args.eager_steps)
+        clock = Clock()
+        originals = []
 
-    def on_epoch(epoch: int, means: dict[str, float]) -> None:
-        sync(device)
-        times.append(time.perf_counter())
+        def patch(owner, name, value):
+            originals.append((owner, name, getattr(owner, name)))
+            setattr(owner, name, value)
 
-    settings = FitSettings(epochs=args.epochs, lr=1e-4, batch_size=cfg.batch_size,
-                           labeled_batch_size=cfg.labeled_batch_size, seed=0,
-                           precision=args.precision, compile=compiled)
-    start = time.perf_counter()
-    fit(model, data, settings, on_epoch=on_epoch, progress=False)
-    first = times[0] - start
-    steady = (times[-1] - times[0]) / max(1, len(times) - 1) if len(times) > 1 else first
-    steps = -(-len(data.unlabelled) // cfg.batch_size)
-    achieved = flops * steps / steady
-    processed = len(data.unlabelled) + steps * min(cfg.labeled_batch_size, len(data.labelled))
-    print(f"device: {device_name(device)}, torch {torch.__version__}; {args.model}, "
-          f"{args.precision}{', compiled' if compiled else ''}; {examples} examples "
-          f"({len(data.labelled)} labelled), {steps} steps per epoch")
-    print(f"matmul peak {peak / 1e12:.3f} TFLOP/s; {flops / 1e9:.1f} GFLOP per step")
-    print(f"first epoch {first:.2f} s (compilation included), then {steady:.3f} s per epoch: "
-          f"{processed / steady:.0f} examples/s (labelled + unlabelled), "
-          f"{achieved / 1e12:.3f} TFLOP/s = "
-          f"{achieved / peak:.0%} of peak")
-    print(f"200 epochs: {(first + 199 * steady) / 60:.2f} min")
+        clock.install(patch, eager, args.eager_steps)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        try:
+            code = cli(["train", "--params", str(root / "params.yaml"), "--features",
+                        str(root / "features.h5"), "--model", args.model, "--out",
+                        str(root / "run"), "--no-progress", "--set", f"train.epochs={args.epochs}",
+                        "--set", f"train.device={device}"])
+        finally:
+            for owner, name, value in reversed(originals):
+                setattr(owner, name, value)
+        assert code == 0, "the train stage failed"
+        eager.run(args.eager_steps)
+    n_l = max(2, args.examples // 20)
+    n_u = args.examples - n_l
+    steps = -(-n_u // 128)
+    cfg_precision = params["train"].get("precision", TrainConfig.precision)
+    # the whole run up to its final evaluation, less the eager steps taken in between
+    trained = clock.final[0] - start - clock.eager
+    per_epoch = trained / args.epochs
+    eager_step = statistics.mean(eager.seconds)
+    eager_rate = 128 / eager_step
+    run_rate = n_u * args.epochs / trained
+    # CPU time: what each side computed, whatever else the machine ran meanwhile
+    cpu_ratio = (statistics.mean(eager.cpu) / 128) / (
+        (clock.final_cpu - start_cpu - clock.eager_cpu) / (n_u * args.epochs))
+    final = clock.final[1] - clock.final[0]
+    paper_epoch = per_epoch * -(-int(PAPER_EXAMPLES * 0.95) // 128) / steps
+    print(f"device: {device_name(device)}, torch {torch.__version__}; {args.model}, paper "
+          f"sizes, precision {cfg_precision}; {args.examples} training rows ({n_l} labelled, "
+          f"{steps} steps per epoch), {args.test} test rows, {args.epochs} epochs")
+    print(f"plain eager step (fp32): {eager_step:.2f} s, mean of {len(eager.seconds)} taken "
+          f"before, between the epochs of and after the run (min {min(eager.seconds):.2f}, max "
+          f"{max(eager.seconds):.2f}): {eager_rate:.1f} unlabelled examples/s")
+    print(f"train command line, start to final evaluation: {trained:.1f} s = "
+          f"{run_rate:.1f} unlabelled examples/s = {run_rate / eager_rate:.2f}x the eager step; "
+          f"in CPU time per example (the load of a shared machine aside) {cpu_ratio:.2f}x")
+    print(f"learning curves: {clock.curves:.1f} s in all = {clock.curves / trained:.1%} of the "
+          f"training time; checkpoints: {clock.checkpoints:.1f} s = "
+          f"{clock.checkpoints / trained:.1%}")
+    print(f"final evaluation: {final:.1f} s for {args.test} test rows; at the paper's 6,877: "
+          f"~{final * 6877 / args.test:.0f} s = {final * 6877 / args.test / paper_epoch:.2f} "
+          f"epochs of the paper's size (~{paper_epoch:.0f} s each here)")
 
 
 if __name__ == "__main__":

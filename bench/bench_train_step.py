@@ -35,16 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import device_name, matmul_peak, print_table, sync
 from pipeline.config import TrainConfig
-from pipeline.devices import resolve_device
+from pipeline.devices import autocast_dtype, resolve_device
 from pipeline.vae import MODELS, build_model
+from pipeline.vae.modes import unchecked_distributions
 from pipeline.vae.objective import Batch
-from pipeline.vae.training import (
-    LossModule,
-    autocast_dtype,
-    make_optimizer,
-    train_step,
-    unchecked_distributions,
-)
+from pipeline.vae.training import LossModule, make_optimizer, train_step
 
 PAPER_EXAMPLES = 35_000  # training frames per trial (labelled + unlabelled), ~
 PAPER_EPOCHS = 200

@@ -11,5 +11,4 @@ run() { name=$1; shift; echo "== $name: $*"; "$py" "$@" 2>&1 | tee "$out/$name.m
 run train_step bench/bench_train_step.py --compare --precision bf16 fp32
 run fit bench/bench_fit.py
 run vgg bench/bench_vgg.py --compare
-run stacked bench/bench_stacked.py --steps 3 --repeats 2
 run predict bench/bench_predict.py

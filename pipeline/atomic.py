@@ -48,6 +48,20 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def plain(value: Any) -> Any:
+    """`value` in JSON's types: tuples as lists, bytes decoded, numpy scalars and arrays as
+    Python numbers and lists (what HDF5 attributes and dataclasses hold)."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode()
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return value.tolist()
+    return value
+
+
 def write_json(path: str | Path, data: Any, *, sort_keys: bool = False) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
 

@@ -132,7 +132,8 @@ def test_launch_processes_runs_the_train_stage_under_torchrun(tmp_path):
     assert two["accuracy"].keys() == one["accuracy"].keys()
 
 
-def test_stacked_runs_and_several_processes_are_refused_before_any_launch(tmp_path, capsys):
+def test_several_features_files_for_one_vae_run_are_refused_before_any_launch(tmp_path,
+                                                                             capsys):
     from pipeline.__main__ import main as cli
 
     features = [tmp_path / "a.h5", tmp_path / "b.h5"]
@@ -140,5 +141,6 @@ def test_stacked_runs_and_several_processes_are_refused_before_any_launch(tmp_pa
                 "--model", "m2", "--out", str(tmp_path / "a"), str(tmp_path / "b"),
                 "--set", "launch.processes=2"])
     assert code == 2
-    assert "stacked runs (several --features) train in one process" in capsys.readouterr().err
-    assert not (tmp_path / "a").exists()
+    assert "--features: model 'm2' trains on one features file per run, got 2" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

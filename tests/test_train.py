@@ -9,11 +9,12 @@ import torch
 
 from pipeline.__main__ import main as cli
 from pipeline.config import TrainConfig
+from pipeline.engine import Checkpoint, NonFiniteLossError
 from pipeline.store import read_features, write_features
 from pipeline.vae import MODELS, build_model
 from pipeline.vae.data import prepare
 from pipeline.vae.experiment import train_and_evaluate
-from pipeline.vae.training import FitSettings, NonFiniteLossError, epoch_batches, fit
+from pipeline.vae.training import epoch_batches, fit
 from tests.digits import digits_views
 
 TINY = ["train.epochs=2", "train.hidden=16", "train.a_dim=4", "train.z_dim=4",
@@ -63,32 +64,71 @@ def test_fixed_seed_gives_identical_metrics(digits_file, tmp_path):
 
 def test_resume_after_kill_equals_uninterrupted(digits_file, tmp_path):
     data = prepare(read_features(digits_file), "gaussian", torch.device("cpu"))
-    settings = FitSettings(epochs=3, lr=1e-3, batch_size=128, labeled_batch_size=32, seed=1)
+    cfg = tiny_config(epochs=3, lr=1e-3, batch_size=128, labeled_batch_size=32, seed=1)
 
     def model():
         torch.manual_seed(0)
         return build_model("ss_hmvae_kl", data.dims, 10, tiny_config())
 
     whole = model()
-    fit(whole, data, settings, checkpoint=tmp_path / "a.pt", progress=False)
+    fit(whole, data, cfg, checkpoint=Checkpoint(tmp_path / "a.pt", {}), progress=False)
 
     class Killed(Exception):
         pass
 
-    def kill_after_first(epoch, means):
-        if epoch == 0:
+    evaluated = []
+
+    def killed_in_second_epoch():  # after epoch 1's checkpoint, before epoch 2's
+        evaluated.append(1)
+        if len(evaluated) == 2:
             raise Killed
+        return {}
 
     killed = model()
     with pytest.raises(Killed):
-        fit(killed, data, settings, checkpoint=tmp_path / "b.pt", on_epoch=kill_after_first,
-            progress=False)
+        fit(killed, data, cfg, checkpoint=Checkpoint(tmp_path / "b.pt", {}),
+            curves=tmp_path / "live", evaluate=killed_in_second_epoch, progress=False)
+    assert torch.load(tmp_path / "b.pt", weights_only=True)["epoch"] == 1
     resumed = model()  # a fresh process: new weights, restored from the checkpoint
-    history = fit(resumed, data, settings, checkpoint=tmp_path / "b.pt", progress=False)
+    history = fit(resumed, data, cfg, checkpoint=Checkpoint(tmp_path / "b.pt", {}),
+                  progress=False)
     assert len(history) == 3
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(),
                             strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_learning_curves_leave_training_unchanged(digits_file, tmp_path):
+    """The per-epoch evaluation draws none of the training's random numbers."""
+    data = prepare(read_features(digits_file), "gaussian", torch.device("cpu"))
+    cfg = tiny_config(lr=1e-3, seed=1)
+    losses = []
+    for curves in (None, tmp_path / "live"):
+        torch.manual_seed(0)
+        model = build_model("ss_hmvae", data.dims, 10, cfg)
+
+        def draws() -> dict[str, float]:
+            return {"noise": float(torch.randn(()))}  # the global generator, as a bug would
+
+        losses.append(fit(model, data, cfg, curves=curves, evaluate=draws, progress=False))
+    assert losses[0] == losses[1]
+    assert (tmp_path / "live" / "metrics.json").is_file()
+
+
+def test_checkpoints_cost_at_most_their_share_of_training_time(tmp_path, monkeypatch):
+    """A save is due after `every` epochs only once 20 times its cost has passed in training."""
+    clock = [0.0]
+    monkeypatch.setattr("pipeline.engine.time.perf_counter", lambda: clock[0])
+    monkeypatch.setattr("pipeline.engine.torch_save",
+                        lambda state, path: clock.__setitem__(0, clock[0] + 2.0))
+    checkpoint = Checkpoint(tmp_path / "c.pt", {})
+    assert checkpoint.due(1, 10)  # the first save: nothing measured yet
+    checkpoint.save(1, {})  # takes 2 s
+    clock[0] += 30.0  # an epoch of 30 s: 2 s is more than 5 % of it
+    assert not checkpoint.due(2, 10)
+    clock[0] += 10.0  # 40 s of training since: 2 s is 5 %
+    assert checkpoint.due(3, 10)
+    assert not checkpoint.due(10, 10)  # never after the last epoch
 
 
 def test_checkpoint_of_other_parameters_is_not_resumed(digits_file, tmp_path):
@@ -100,8 +140,8 @@ def test_checkpoint_of_other_parameters_is_not_resumed(digits_file, tmp_path):
 
 
 def test_epochs_visit_every_unlabelled_example_once():
-    settings = FitSettings(epochs=1, lr=1e-3, batch_size=4, labeled_batch_size=3, seed=0)
-    pairs = list(epoch_batches(np.random.default_rng(0), 9, 5, settings))
+    cfg = tiny_config(batch_size=4, labeled_batch_size=3)
+    pairs = list(epoch_batches(np.random.default_rng(0), 9, 5, cfg))
     unlabelled = np.concatenate([u for _, u in pairs])
     assert sorted(unlabelled) == list(range(9))
     assert [len(u) for _, u in pairs] == [4, 5]  # a lone last example is folded back in
@@ -118,9 +158,9 @@ def test_non_finite_loss_is_a_clear_error(digits_file, monkeypatch):
         return loss * float("nan"), terms
 
     monkeypatch.setattr(model, "loss", poisoned)
-    settings = FitSettings(epochs=1, lr=1e-3, batch_size=128, labeled_batch_size=32, seed=0)
+    cfg = tiny_config(epochs=1, lr=1e-3, batch_size=128, labeled_batch_size=32)
     with pytest.raises(NonFiniteLossError, match="non-finite in epoch 1"):
-        fit(model, data, settings, progress=False)
+        fit(model, data, cfg, progress=False)
 
 
 def broken(path, digits_file, action):
@@ -176,9 +216,9 @@ def test_a_failing_compiler_falls_back_to_eager_with_a_message(digits_file, monk
     data = prepare(read_features(digits_file), "gaussian", torch.device("cpu"))
     torch.manual_seed(0)
     model = build_model("ss_mvae", data.dims, 10, tiny_config())
-    settings = FitSettings(epochs=1, lr=1e-3, batch_size=128, labeled_batch_size=32, seed=1,
-                           compile=True)
-    history = fit(model, data, settings, progress=False)
+    cfg = tiny_config(epochs=1, lr=1e-3, batch_size=128, labeled_batch_size=32, seed=1,
+                      compile="always")
+    history = fit(model, data, cfg, progress=False)
     assert np.isfinite(history[0]["loss"])
     assert "torch.compile failed (CompilerFailed: no C++ compiler)" in capsys.readouterr().out
 
@@ -192,7 +232,7 @@ def test_compiled_loss_trains_like_the_eager_one(digits_file):
     for compiled in (False, True):
         torch.manual_seed(0)
         model = build_model("ss_mvae", data.dims, 10, tiny_config())
-        settings = FitSettings(epochs=2, lr=1e-3, batch_size=128, labeled_batch_size=32,
-                               seed=1, compile=compiled)
-        losses[compiled] = fit(model, data, settings, progress=False)[-1]["loss"]
+        cfg = tiny_config(lr=1e-3, batch_size=128, labeled_batch_size=32, seed=1,
+                          compile="always" if compiled else "never")
+        losses[compiled] = fit(model, data, cfg, progress=False)[-1]["loss"]
     assert losses[True] == pytest.approx(losses[False], rel=0.05)

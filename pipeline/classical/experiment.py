@@ -206,16 +206,13 @@ def _save_state(path: Path, model_name: str,
 
 def _log(folder: Path, history: list[dict[str, float]], metrics: dict[str, Any]) -> None:
     """DVCLive files the train stage declares: one step per round (one in all without)."""
-    from dvclive import Live
+    from pipeline.engine import Curves  # imported late: DVCLive pulls in much of DVC
 
-    live = Live(str(folder), resume=False, dvcyaml=None, save_dvc_exp=False, report=None)
-    for step in history or [{"train/n_labelled": float(metrics["n_labelled"])}]:
-        for name, value in step.items():
-            live.log_metric(name, value)
-        live.next_step()
-    for key, value in metrics["accuracy"].items():
-        live.summary[f"test/accuracy/{key}"] = value
-    live.end()
+    curves = Curves(folder, resume=False)
+    for step, values in enumerate(history or [{"train/n_labelled": float(metrics["n_labelled"])}]):
+        curves.log(step, values)
+    curves.summary({f"test/accuracy/{key}": value for key, value in metrics["accuracy"].items()})
+    curves.close()
 
 
 def _plain(value: Any) -> Any:

@@ -3,17 +3,18 @@
 Appendix A: Adam, learning rate 1e-5, 200 epochs, all parameters trained, on the labelled
 set only. The checkpoint directory (`out`) holds:
 
-- `state.pt`: model + optimizer after the last complete epoch, written atomically every
-  `checkpoint_every` epochs while training and removed once `model.pt` is written (it is
-  three times the model's size);
+- `state.pt`: the training engine's checkpoint (`pipeline.engine`: model + optimizer after
+  a complete epoch), written atomically at most every `checkpoint_every` epochs while
+  training and removed once `model.pt` is written (it is three times the model's size);
 - `model.pt`: the final weights and `meta` (categories, image size, initial weights, ...);
 - `metrics.json`: the network's own accuracy on the trial's test frames (the supervised
   reference row for Table 1) and its last training loss;
 - `live/`: DVCLive's per-epoch metrics.
 
-Resuming is exact: each epoch reseeds every random generator from (seed, epoch), so the
-state after epoch k is a function of the weights and optimizer state saved at its start;
-no RNG state needs saving. A run whose settings differ from the saved state starts afresh.
+This module supplies the engine its epoch (batches, augmentation, step). Resuming is exact:
+each epoch reseeds every random generator from (seed, epoch), so the state after epoch k is
+a function of the weights and optimizer state saved at its start. A run whose settings
+differ from the saved state starts afresh; a damaged `state.pt` is deleted with a message.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,12 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
-from pipeline import distributed
+from pipeline import distributed, engine
 from pipeline.atomic import torch_save, write_json
 from pipeline.config import FinetuneConfig
-from pipeline.devices import resolve_device
+from pipeline.devices import autocast_dtype, resolve_device
 from pipeline.errors import UserError
 from pipeline.features import vgg
 from pipeline.store import TrialSplit, open_images, read_images_index, read_split
@@ -101,9 +100,9 @@ def _settings(config: FinetuneConfig, info: vgg.WeightsInfo, *, trial: int, moda
 
 def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor,
                  labels: torch.Tensor, *, config: FinetuneConfig, epoch: int,
-                 device: torch.device, bar: tqdm,
-                 world: distributed.World = distributed.SINGLE) -> tuple[float, float]:
-    """One pass over the labelled frames; (mean loss, accuracy) over every process's shards.
+                 device: torch.device,
+                 world: distributed.World = distributed.SINGLE) -> dict[str, float]:
+    """One pass over the labelled frames; mean loss and accuracy over every process's shards.
 
     Under torchrun each process takes its equal, contiguous shard of every batch (after the
     batch is augmented whole, so each frame is transformed as in one process), and draws
@@ -113,7 +112,7 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, images: torch.Ten
     seed = epoch_seed(config.seed, epoch)
     torch.manual_seed(seed)  # dropout, on every device
     gen = torch.Generator().manual_seed(seed)  # shuffling and augmentation
-    dtype = vgg.autocast_dtype(config.precision, device)
+    dtype = autocast_dtype(config.precision, device)
     model.train()
     # The order and the labels go to the device once per epoch, not per batch.
     order = torch.randperm(len(labels), generator=gen).to(images.device)
@@ -141,15 +140,10 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, images: torch.Ten
                                (logits.argmax(1) == y).sum().double(),
                                torch.full((), stop - start, device=device,
                                           dtype=torch.float64)])
-        bar.update(1)
     if world.distributed:
         torch.distributed.all_reduce(totals)
     total_loss, correct, frames = totals.tolist()
-    if not math.isfinite(total_loss):
-        raise FloatingPointError(f"epoch {epoch + 1}: the loss is {total_loss / frames}; "
-                                 "lower finetune.lr or use finetune.precision: fp32")
-    bar.set_postfix(epoch=epoch + 1, loss=f"{total_loss / frames:.3f}")
-    return total_loss / frames, correct / frames
+    return {"loss": total_loss / frames, "accuracy": correct / frames}
 
 
 @torch.inference_mode()
@@ -158,7 +152,7 @@ def evaluate(model: nn.Module, f: h5py.File, modality: str, mask: np.ndarray,
              precision: str) -> float:
     """Accuracy on the rows of `mask`, streamed from the images file."""
     model.eval()
-    dtype = vgg.autocast_dtype(precision, device)
+    dtype = autocast_dtype(precision, device)
     correct = 0
     for rows, block in iter_rows(f, modality, mask, batch_size):
         batch = torch.from_numpy(block)
@@ -181,42 +175,12 @@ def _load_labeled(f: h5py.File, modality: str, mask: np.ndarray, device: torch.d
     return images
 
 
-def _load_or_discard(path: Path, *, mmap: bool = False) -> dict[str, Any] | None:
-    """A checkpoint this stage wrote, or None; an unreadable one (a damaged disk, a file
-    copied in by hand) is deleted with a message, so the run starts afresh instead of
-    failing on every rerun."""
-    if not path.is_file():
-        return None
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        if not isinstance(saved, dict):
-            raise TypeError(f"holds a {type(saved).__name__}, not a dict")
-    except Exception as err:  # torch raises many types for a damaged or foreign file
-        log.warning("%s: unreadable (%s); deleting it and starting afresh", path,
-                    str(err).splitlines()[0] if str(err) else type(err).__name__)
-        path.unlink()
-        return None
-    return saved
-
-
-def _resume_state(out: Path, settings: dict[str, Any], epochs: int) -> dict[str, Any] | None:
-    path = out / "state.pt"
-    state = _load_or_discard(path)
-    if state is None:
-        return None
-    if state.get("settings") != settings or state.get("epoch", 0) > epochs:
-        log.warning("%s: saved with other settings; starting afresh", path)
-        return None
-    log.info("%s: resuming after epoch %d", path, state["epoch"])
-    return state
-
-
 def _finished(out: Path, settings: dict[str, Any], epochs: int) -> dict[str, Any] | None:
     """The metrics of a completed run with the same settings, if `out` holds one."""
     model, metrics = out / "model.pt", out / "metrics.json"
     if not (model.is_file() and metrics.is_file()) or (out / "state.pt").exists():
         return None
-    saved = _load_or_discard(model, mmap=True)
+    saved = engine.load_or_discard(model, mmap=True)
     if saved is None or saved.get("meta") != {**settings, **_extra_meta(epochs)}:
         return None
     try:
@@ -278,62 +242,28 @@ def finetune(*, images: str | Path, splits: str | Path, trial: int, modality: st
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type == "cuda")
-    state = _resume_state(out, settings, config.epochs)
-    start, history = 0, {}
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start, history = state["epoch"], state["history"]
     with open_images(images) as f:
         labeled = _load_labeled(f, modality, train_mask, device, config.batch_size)
         labels = torch.from_numpy(index.label[train_mask])
-        history = _train(model, opt, labeled, labels, config=config, start=start, out=out,
-                         settings=settings, device=device, world=world) or history
+        net = model if not world.distributed else DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None)
+        history = engine.train(
+            model, opt, lambda epoch: _train_epoch(net, opt, labeled, labels, config=config,
+                                                   epoch=epoch, device=device, world=world),
+            epochs=config.epochs,
+            checkpoint=engine.Checkpoint(out / "state.pt", settings, config.checkpoint_every),
+            curves=out / "live", hint="lower finetune.lr or use finetune.precision: fp32",
+            desc=f"finetune {modality} trial {trial}", world=world)
         if not world.is_main:
             return {}
         accuracy = evaluate(model, f, modality, split.is_test, index.label,
                             image_size=config.image_size, batch_size=config.batch_size,
                             device=device, precision=config.precision)
-    return _finish(model, out, settings, config, split, history, accuracy, device)
-
-
-def _train(model: nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor,
-           labels: torch.Tensor, *, config: FinetuneConfig, start: int, out: Path,
-           settings: dict[str, Any], device: torch.device,
-           world: distributed.World = distributed.SINGLE) -> dict[str, float]:
-    from dvclive import Live  # imported late: it pulls in much of DVC
-
-    steps = -(-len(labels) // config.batch_size)
-    history: dict[str, float] = {}
-    net = model
-    if world.distributed:
-        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
-                                      else None)
-    live = (Live(str(out / "live"), resume=start > 0, dvcyaml=None, save_dvc_exp=False,
-                 report=None) if world.is_main else contextlib.nullcontext())
-    with live, tqdm(total=config.epochs * steps, initial=start * steps, unit="batch",
-                    desc=f"finetune {settings['modality']} trial {settings['trial']}",
-                    mininterval=1.0, disable=not world.is_main) as bar:
-        for epoch in range(start, config.epochs):
-            loss, acc = _train_epoch(net, opt, images, labels, config=config, epoch=epoch,
-                                     device=device, bar=bar, world=world)
-            history = {"train_loss": loss, "train_accuracy": acc}
-            if not world.is_main:
-                continue
-            for key, value in history.items():
-                live.log_metric(f"train/{key.removeprefix('train_')}", value)
-            live.next_step()
-            done = epoch + 1
-            # After the last epoch `model.pt` is the checkpoint (written by `_finish`).
-            if done % config.checkpoint_every == 0 and done < config.epochs:
-                torch_save({"epoch": done, "settings": settings, "history": history,
-                           "model": model.state_dict(), "optimizer": opt.state_dict()},
-                          out / "state.pt")
-    return history
+    return _finish(model, out, settings, config, split, history[-1], accuracy, device)
 
 
 def _finish(model: nn.Module, out: Path, settings: dict[str, Any], config: FinetuneConfig,
-            split: TrialSplit, history: dict[str, float], accuracy: float,
+            split: TrialSplit, last: dict[str, float], accuracy: float,
             device: torch.device) -> dict[str, Any]:
     meta = {**settings, **_extra_meta(config.epochs)}
     # Stored in bfloat16, the precision extract's GPU path (bf16 autocast) computes in: half
@@ -345,6 +275,7 @@ def _finish(model: nn.Module, out: Path, settings: dict[str, Any], config: Finet
     metrics = {"trial": settings["trial"], "modality": settings["modality"],
                "test_accuracy": accuracy, "n_test": int(split.is_test.sum()),
                "n_labeled": int((split.is_labeled & ~split.is_test).sum()),
-               "epochs": config.epochs, "device": device.type, **history}
+               "epochs": config.epochs, "device": device.type,
+               **{f"train_{name}": value for name, value in last.items()}}
     write_json(out / "metrics.json", metrics, sort_keys=True)
     return metrics

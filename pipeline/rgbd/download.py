@@ -13,7 +13,6 @@ and swaps the new tree in whole. `download_dataset` writes the completion marker
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -32,6 +31,8 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from pipeline.atomic import write_json
+from pipeline.digest import file_sha256
 from pipeline.errors import UserError
 from pipeline.rgbd.layout import ARCHIVE_ROOT, MARKER, frame_file
 from pipeline.rgbd.splits import check_trials, read_trials
@@ -104,7 +105,7 @@ def _write_origin(dest: Path, source: str, data: Path, digest: str, *,
                                  "sha256": digest}
     if by_hand:
         record["placed_by_hand"] = True
-    write_json(_origin_path(dest), record)
+    write_json(_origin_path(dest), record, sort_keys=True)
 
 
 def read_origin(dest: Path) -> dict[str, object] | None:
@@ -153,27 +154,12 @@ def _verify(source: str, data: Path, *, size: int, sha256: str,
     return digest
 
 
-def write_json(path: Path, value: object) -> None:
-    """Write JSON under a temporary name and rename it: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def _read_json(path: Path) -> dict[str, object] | None:
     try:
         value = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     return value if isinstance(value, dict) else None
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fetch_http(url: str, partial: Path, *, size: int, retries: int, timeout_s: float,
@@ -436,7 +422,7 @@ def download_dataset(out: str | Path, *, url: str, splits_url: str, cache: str |
         tmp = out / f".{TRIALS_FILE}.tmp"
         shutil.copyfile(trials.path, tmp)
         os.replace(tmp, out / TRIALS_FILE)
-    write_json(marker, record)
+    write_json(marker, record, sort_keys=True)
     return {**record, "changed": not (same_tree and same_trials)}
 
 

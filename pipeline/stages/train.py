@@ -1,8 +1,5 @@
 """`python -m pipeline train --features F.h5 --model NAME --out DIR`: one model, one file.
 
-Several files and as many folders (`--features F1 F2 ... --out D1 D2 ...`) train one run per
-file at once, with stacked parameters (`pipeline/vae/stacked.py`): the same model and
-parameters on each file, each folder written as a single run would write it.
 The classical models have their own stage (`python -m pipeline classical`).
 """
 
@@ -12,65 +9,48 @@ from pathlib import Path
 
 from pipeline import distributed
 from pipeline.devices import resolve_device
-from pipeline.errors import UserError
 from pipeline.stages import code_stamp, load, out_folder, run_stage, stage_parser
 from pipeline.vae import MODELS
-from pipeline.vae.experiment import train_and_evaluate, train_and_evaluate_stacked
+from pipeline.vae.experiment import train_and_evaluate
 
 
 def main(argv: list[str]) -> int:
     parser = stage_parser("train", __doc__)
-    parser.add_argument("--features", required=True, type=Path, nargs="+",
-                        help="ssmvae-features/1 file(s); several train stacked runs")
+    parser.add_argument("--features", required=True, type=Path, help="ssmvae-features/1 file")
     parser.add_argument("--model", required=True, help=f"one of {', '.join(MODELS)}")
-    parser.add_argument("--out", required=True, type=Path, nargs="+",
-                        help="output folder(s), one per features file")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
 
     def body() -> int | None:
-        if len(args.features) != len(args.out):
-            raise UserError(f"--features and --out: got {len(args.features)} features file(s) "
-                            f"and {len(args.out)} output folder(s); give one --out per "
-                            "--features")
-        for out in args.out:
-            out_folder(out)
+        out_folder(args.out)
         config = load(args)
         world = distributed.world_from_env()
-        if len(args.features) > 1 and (world.distributed or config.launch.processes > 1):
-            raise UserError("stacked runs (several --features) train in one process; "
-                            "use launch.processes: 1")
         relaunched = distributed.relaunch(config.launch.processes, "train", argv)
         if relaunched is not None:
             return relaunched
         device = distributed.init(world, resolve_device(config.train.device),
                                   config.launch.backend)
-        stamps = [(out, "train", ["checkpoint.pt"]) for out in args.out]
-        if world.is_main:
-            for out, *rest in stamps:
-                if (out / "checkpoint.pt").is_file():  # stacked runs keep theirs
-                    code_stamp(out, *rest)
-                else:  # nothing left to resume: its stamp goes too
-                    (out / "code.sha256").unlink(missing_ok=True)
+        _stamp(args.out, world)
         distributed.barrier(world)  # no process reads a checkpoint the stamp deletes
-        if len(args.features) == 1:
-            runs = [train_and_evaluate(args.features[0], args.model, config.train, args.out[0],
-                                       progress=not args.no_progress, world=world,
-                                       device=device)]
-        else:
-            runs = train_and_evaluate_stacked(args.features, args.model, config.train,
-                                              args.out, progress=not args.no_progress)
+        metrics = train_and_evaluate(args.features, args.model, config.train, args.out,
+                                     progress=not args.no_progress, world=world,
+                                     device=device)
+        _stamp(args.out, world)
         if world.is_main:
-            for out, *rest in stamps:
-                if (out / "checkpoint.pt").is_file():  # stacked runs keep theirs
-                    code_stamp(out, *rest)
-                else:  # nothing left to resume: its stamp goes too
-                    (out / "code.sha256").unlink(missing_ok=True)
-            for out, metrics in zip(args.out, runs, strict=True):
-                accuracy = ", ".join(f"{k} {v:.3f}" for k, v in metrics["accuracy"].items())
-                print(f"{args.model}: accuracy {accuracy} -> {out / 'metrics.json'}")
+            accuracy = ", ".join(f"{k} {v:.3f}" for k, v in metrics["accuracy"].items())
+            print(f"{args.model}: accuracy {accuracy} -> {args.out / 'metrics.json'}")
         distributed.shutdown(world)
         return None
 
     return run_stage(body)
 
+
+def _stamp(out: Path, world: distributed.World) -> None:
+    """The code stamp of a resumable checkpoint; none once there is nothing to resume."""
+    if not world.is_main:
+        return
+    if (out / "checkpoint.pt").is_file():
+        code_stamp(out, "train", ["checkpoint.pt"])
+    else:
+        (out / "code.sha256").unlink(missing_ok=True)

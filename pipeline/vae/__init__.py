@@ -51,37 +51,40 @@ def _objective(cfg: TrainConfig, labelled_share: float) -> ObjectiveConfig:
                            temperature=cfg.temperature, labelled_share=labelled_share)
 
 
-def _sizes(cfg: TrainConfig, *, with_a: bool) -> dict:
-    sizes = {"hidden": cfg.hidden, "z_dim": cfg.z_dim, "dropout": cfg.dropout,
-             "likelihood": cfg.likelihood}
-    return sizes | ({"a_dim": cfg.a_dim} if with_a else {})
+def _without_a(cls: type[nn.Module]) -> Callable[..., nn.Module]:
+    return lambda dims, k, cfg, obj: cls(dims=dims, n_classes=k, objective=obj,
+                                         hidden=cfg.hidden, z_dim=cfg.z_dim,
+                                         dropout=cfg.dropout, likelihood=cfg.likelihood)
+
+
+def _with_a(cls: type[nn.Module]) -> Callable[..., nn.Module]:
+    return lambda dims, k, cfg, obj: cls(dims=dims, n_classes=k, objective=obj,
+                                         hidden=cfg.hidden, a_dim=cfg.a_dim, z_dim=cfg.z_dim,
+                                         dropout=cfg.dropout, likelihood=cfg.likelihood)
 
 
 MODELS: dict[str, ModelSpec] = {
     "m2": ModelSpec(
-        build=lambda dims, k, cfg, obj: PerModality(dims, lambda d: MVAE(
-            dims=d, n_classes=k, objective=obj, **_sizes(cfg, with_a=False))),
+        build=lambda dims, k, cfg, obj: PerModality(
+            dims, lambda d: _without_a(MVAE)(d, k, cfg, obj)),
         evaluations=lambda ms: _each_alone(ms, "joint", True),
         multimodal=False, title="M2 (Kingma et al., 2014)"),
     "sdgm": ModelSpec(
-        build=lambda dims, k, cfg, obj: PerModality(dims, lambda d: SDGM(
-            dims=d, n_classes=k, objective=obj, **_sizes(cfg, with_a=True))),
+        build=lambda dims, k, cfg, obj: PerModality(
+            dims, lambda d: _with_a(SDGM)(d, k, cfg, obj)),
         evaluations=lambda ms: _each_alone(ms, "joint", True),
         multimodal=False, title="SDGM (Maaløe et al., 2016)"),
     "ss_mvae": ModelSpec(
-        build=lambda dims, k, cfg, obj: MVAE(dims=dims, n_classes=k, objective=obj,
-                                             **_sizes(cfg, with_a=False)),
+        build=_without_a(MVAE),
         evaluations=lambda ms: _joint(ms) + _each_alone(ms, "zero_fill", True),
         multimodal=True, title="SS-MVAE"),
     "ss_hmvae": ModelSpec(
-        build=lambda dims, k, cfg, obj: SSHMVAE(dims=dims, n_classes=k, objective=obj,
-                                                **_sizes(cfg, with_a=True)),
+        build=_with_a(SSHMVAE),
         evaluations=lambda ms: (_joint(ms) + _each_alone(ms, "zero_fill", True)
                                 + _each_alone(ms, "iterative", False)),
         multimodal=True, title="SS-HMVAE"),
     "ss_hmvae_kl": ModelSpec(
-        build=lambda dims, k, cfg, obj: SSHMVAEKL(dims=dims, n_classes=k, objective=obj,
-                                                  **_sizes(cfg, with_a=True)),
+        build=_with_a(SSHMVAEKL),
         evaluations=lambda ms: (_joint(ms) + _each_alone(ms, "unimodal", True)
                                 + _each_alone(ms, "zero_fill", False)),
         multimodal=True, title="SS-HMVAE-kl"),
@@ -94,8 +97,9 @@ MODELS: dict[str, ModelSpec] = {
 
 
 def build_model(name: str, dims: dict[str, int], n_classes: int, cfg: TrainConfig, *,
-                labelled_share: float = 0.5) -> nn.Module:
-    """`labelled_share`: N / (N + M) of the training data (eq. (4)'s weights)."""
+                labelled_share: float = ObjectiveConfig.labelled_share) -> nn.Module:
+    """`labelled_share`: N / (N + M) of the training data (eq. (4)'s weights:
+    `objective.labelled_share`)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
     spec = MODELS[name]

@@ -19,8 +19,8 @@ from torch import nn
 from pipeline.config import TrainConfig
 from pipeline.vae import Evaluation
 from pipeline.vae.data import FeatureScaler
+from pipeline.vae.modes import eval_mode
 from pipeline.vae.objective import Batch, Tensors
-from pipeline.vae.training import eval_mode
 
 EVAL_BATCH = 1024
 

@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.distributions import Independent, Normal, RelaxedOneHotCategorical, kl_divergence
 
+from pipeline.config import TrainConfig
+
 Tensors = dict[str, torch.Tensor]
 
 
@@ -42,15 +44,21 @@ class Batch:
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    """How the bound is formed; the networks' sizes live with each model."""
+    """How the bound is formed (the train section's values: `TrainConfig` documents them);
+    the networks' sizes live with each model."""
 
-    alpha: float = 1.0  # eq. (3)
-    beta: float = 1.0  # eq. (4), SS-HMVAE-kl only
+    alpha: float = TrainConfig.alpha  # eq. (3)
+    beta: float = TrainConfig.beta  # eq. (4), SS-HMVAE-kl only
     # N / (N + M), the labelled set's share of D_L u D_U: eq. (4) weighs every training
-    # example the same, so its labelled batch mean gets this weight (set from the data)
+    # example the same, so its labelled batch mean gets this weight (`labelled_share`)
     labelled_share: float = 0.5
-    unlabeled_y: str = "gumbel"  # "gumbel" (the paper) or "enumerate"
-    temperature: float = 0.1  # Gumbel-softmax temperature
+    unlabeled_y: str = TrainConfig.unlabeled_y
+    temperature: float = TrainConfig.temperature
+
+
+def labelled_share(n_labelled: int, n_unlabelled: int) -> float:
+    """N / (N + M) of a trial's training rows: the one place it is computed."""
+    return n_labelled / (n_labelled + n_unlabelled)
 
 
 def standard_normal_like(dist: Independent) -> Independent:

@@ -29,11 +29,11 @@ from torch import nn
 
 from pipeline.atomic import torch_save
 from pipeline.config import TrainConfig
+from pipeline.devices import autocast_dtype
 from pipeline.errors import UserError
 from pipeline.vae import MODELS, Evaluation, build_model
 from pipeline.vae.data import FeatureScaler, TrialData
 from pipeline.vae.evaluate import EVAL_BATCH, PredictOptions, predict
-from pipeline.vae.training import autocast_dtype
 
 FORMAT = "ssmvae-model/1"
 TORCH_KIND = "torch"

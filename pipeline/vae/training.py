@@ -1,69 +1,57 @@
-"""One training loop for every model: eq. (3)'s labelled and unlabelled batches per step.
+"""The VAEs' batches and step under the training engine: eq. (3)'s labelled and unlabelled
+batches per step.
 
 An epoch is one pass over the unlabelled examples in batches of `batch_size`; each step
 also draws `labeled_batch_size` labelled examples from a stream of reshuffled passes over
-the (much smaller) labelled set. Adam, seeded; a checkpoint after every epoch, written
-atomically, from which a killed run resumes to the same result as an uninterrupted one.
+the (much smaller) labelled set. Adam, seeded. The epoch loop, the checkpoint and resume,
+the non-finite-loss error, the curves and the progress bar are `pipeline.engine`'s.
 
 Speed (docs/scale.md): the data stay on the training device, an epoch's batch indices are
 copied there at once, the loss terms stay there until the epoch ends (no host
-synchronisation per step), Adam is fused, and the loss can be `torch.compile`d. Under
-torchrun (`world`) the model is wrapped in DistributedDataParallel; `pipeline.distributed`
-makes the result that of one process on the whole batch.
+synchronisation per step), Adam is fused on CUDA, and the loss can be `torch.compile`d.
+Under torchrun (`world`) the model is wrapped in DistributedDataParallel;
+`pipeline.distributed` makes the result that of one process on the whole batch.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.distributions import Distribution
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from pipeline import distributed
-from pipeline.atomic import torch_save
+from pipeline import distributed, engine
+from pipeline.config import TrainConfig
+from pipeline.devices import autocast_dtype
 from pipeline.distributed import SINGLE, World
 from pipeline.errors import UserError
 from pipeline.vae.data import TrialData
+from pipeline.vae.modes import unchecked_distributions
 from pipeline.vae.objective import Batch
 
-
-class NonFiniteLossError(UserError):
-    """The loss became NaN or infinite; the message names the epoch and the terms."""
+HINT = "try a lower train.lr, train.grad_clip > 0, or train.precision=fp32"
 
 
-@dataclass(frozen=True)
-class FitSettings:
-    epochs: int
-    lr: float
-    batch_size: int
-    labeled_batch_size: int
-    seed: int
-    grad_clip: float = 0.0
-    precision: str = "fp32"  # "bf16": autocast to bfloat16 on the training device
-    compile: bool = False  # torch.compile the loss (not under torchrun)
-
-
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    return torch.bfloat16 if precision == "bf16" else None
+def compiled(cfg: TrainConfig, device: torch.device) -> bool:
+    """train.compile: `auto` compiles on CUDA only."""
+    return cfg.compile == "always" or (cfg.compile == "auto" and device.type == "cuda")
 
 
 def epoch_batches(rng: np.random.Generator, n_unlabelled: int, n_labelled: int,
-                  settings: FitSettings) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                  cfg: TrainConfig) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Index pairs (labelled, unlabelled) for one epoch, drawn from `rng`."""
     order = rng.permutation(n_unlabelled)
-    bounds = [*range(0, n_unlabelled, settings.batch_size), n_unlabelled]
+    bounds = [*range(0, n_unlabelled, cfg.batch_size), n_unlabelled]
     if len(bounds) > 2 and bounds[-1] - bounds[-2] < 2:
         del bounds[-2]  # batch normalisation needs two examples: fold a lone one back in
     steps = len(bounds) - 1
-    per_step = min(settings.labeled_batch_size, n_labelled)
+    per_step = min(cfg.labeled_batch_size, n_labelled)
     passes = -(-steps * per_step // n_labelled)
     stream = np.concatenate([rng.permutation(n_labelled) for _ in range(passes)])
     for i in range(steps):
@@ -86,18 +74,6 @@ class LossModule(nn.Module):
         return self.model.loss(labelled, unlabelled)
 
 
-@contextlib.contextmanager
-def unchecked_distributions() -> Iterator[None]:
-    """Skip torch.distributions' argument checks while training: each is a host sync on
-    CUDA (`.all()`), and a NaN they would catch is caught at the epoch's end anyway."""
-    was = Distribution._validate_args
-    Distribution.set_default_validate_args(False)
-    try:
-        yield
-    finally:
-        Distribution.set_default_validate_args(was)
-
-
 def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:
     """Adam; on CUDA with the fused kernel (one launch for every parameter).
 
@@ -110,14 +86,14 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(model.parameters(), lr=lr, fused=device.type == "cuda")
 
 
-def _epoch_indices(rng: np.random.Generator, n_u: int, n_l: int, settings: FitSettings,
+def _epoch_indices(rng: np.random.Generator, n_u: int, n_l: int, cfg: TrainConfig,
                    world: World, device: torch.device
                    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """This process's (labelled, unlabelled) index batches of one epoch, on `device`,
     copied in one transfer; a step whose shard would be empty is left out (on every
     process alike: the sizes are global)."""
     pairs = [(distributed.shard(l_idx, world), distributed.shard(u_idx, world))
-             for l_idx, u_idx in epoch_batches(rng, n_u, n_l, settings)]
+             for l_idx, u_idx in epoch_batches(rng, n_u, n_l, cfg)]
     pairs = [(l_idx, u_idx) for l_idx, u_idx in pairs if len(l_idx) and len(u_idx)]
     sizes = [len(i) for pair in pairs for i in pair]
     flat = torch.from_numpy(np.concatenate([i for pair in pairs for i in pair])).to(device)
@@ -140,30 +116,27 @@ def train_step(loss_fn: nn.Module, optimizer: torch.optim.Optimizer, labelled: B
     return loss, terms
 
 
-def fit(model: nn.Module, data: TrialData, settings: FitSettings, *,
-        checkpoint: Path | None = None, fingerprint: dict[str, Any] | None = None,
-        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-        progress: bool = True, world: World = SINGLE) -> list[dict[str, float]]:
-    """Train `model` in place; return per-epoch mean loss terms.
+def fit(model: nn.Module, data: TrialData, cfg: TrainConfig, *,
+        checkpoint: engine.Checkpoint | None = None, curves: Path | None = None,
+        evaluate: Callable[[], dict[str, float]] | None = None, progress: bool = True,
+        world: World = SINGLE) -> list[dict[str, float]]:
+    """Train `model` in place for `cfg.epochs` (resuming from `checkpoint` when it belongs to
+    this run); return per-epoch mean loss terms. `curves`, `evaluate`: `engine.train`'s.
 
-    With `checkpoint`, state is saved after each epoch and, if a checkpoint with the same
-    `fingerprint` exists, training resumes after its last epoch. Under torchrun (`world`
-    with several processes, the process group initialised) every process trains its shard
-    of each batch; only the main process writes the checkpoint and calls `on_epoch`.
+    Under torchrun (`world` with several processes, the process group initialised) every
+    process trains its shard of each batch; only the main process writes.
     """
     n_l, n_u = len(data.labelled), len(data.unlabelled)
     if n_l < 1 or n_u < 2:
         raise UserError(f"training needs at least 1 labelled and 2 unlabelled examples, "
                         f"got {n_l} and {n_u}")
-    torch.manual_seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
     device = next(model.parameters()).device
     if world.distributed:
         distributed.global_batchnorm(model)
-    optimizer = make_optimizer(model, settings.lr)
-    history: list[dict[str, float]] = []
-    start = _resume(checkpoint, fingerprint, model, optimizer, rng, history, world)
-    dtype = autocast_dtype(settings.precision)
+    optimizer = make_optimizer(model, cfg.lr)
+    dtype = autocast_dtype(cfg.precision, device)
     loss_fn: nn.Module = LossModule(model)
     randomness: Callable[[], Any] = contextlib.nullcontext
     if world.distributed:
@@ -171,54 +144,42 @@ def fit(model: nn.Module, data: TrialData, settings: FitSettings, *,
             loss_fn, device_ids=[device] if device.type == "cuda" else None,
             broadcast_buffers=False)  # GlobalBatchNorm1d keeps the buffers equal
         randomness = lambda: distributed.ShardedRandomness(world)  # noqa: E731
-    elif settings.compile:
+    elif compiled(cfg, device):
         loss_fn = torch.compile(loss_fn)
-    eager = loss_fn if not settings.compile or world.distributed else LossModule(model)
+    eager = loss_fn if not compiled(cfg, device) or world.distributed else LossModule(model)
+
+    def step(labelled: Batch, unlabelled: Batch) -> tuple[torch.Tensor, dict]:
+        nonlocal loss_fn
+        try:
+            with randomness():
+                return train_step(loss_fn, optimizer, labelled, unlabelled, dtype=dtype,
+                                  grad_clip=cfg.grad_clip)
+        except torch._dynamo.exc.TorchDynamoException as err:
+            if loss_fn is eager:
+                raise
+            # Compiling happens in the first step's forward and backward, before any
+            # weight changes: go on in eager mode (the same in distribution).
+            tqdm.write(f"torch.compile failed ({type(err).__name__}: {str(err)[:300]}); "
+                       "training in eager mode (train.compile: never skips the attempt)")
+            loss_fn = eager
+            return train_step(loss_fn, optimizer, labelled, unlabelled, dtype=dtype,
+                              grad_clip=cfg.grad_clip)
+
+    def run_epoch(epoch: int) -> dict[str, float]:
+        sums: dict[str, torch.Tensor] = {}
+        steps = 0
+        for l_idx, u_idx in _epoch_indices(rng, n_u, n_l, cfg, world, device):
+            loss, terms = step(_take(data.labelled, l_idx), _take(data.unlabelled, u_idx))
+            for name, value in {"loss": loss.detach(), **terms}.items():
+                sums[name] = sums.get(name, 0.0) + value.float()
+            steps += 1
+        return _epoch_means(sums, steps, world)
+
     model.train()
-    bar = tqdm(range(start, settings.epochs), desc="epochs",
-               disable=not progress or not world.is_main, initial=start,
-               total=settings.epochs, leave=False)
     with unchecked_distributions():
-        for epoch in bar:
-            sums: dict[str, torch.Tensor] = {}
-            steps = 0
-            for l_idx, u_idx in _epoch_indices(rng, n_u, n_l, settings, world, device):
-                labelled, unlabelled = _take(data.labelled, l_idx), _take(data.unlabelled, u_idx)
-                try:
-                    with randomness():
-                        loss, terms = train_step(loss_fn, optimizer, labelled, unlabelled,
-                                                 dtype=dtype, grad_clip=settings.grad_clip)
-                except torch._dynamo.exc.TorchDynamoException as err:
-                    if loss_fn is eager:
-                        raise
-                    # Compiling happens in the first step's forward and backward, before
-                    # any weight changes: go on in eager mode (the same in distribution).
-                    tqdm.write(f"torch.compile failed ({type(err).__name__}: "
-                               f"{str(err)[:300]}); training in eager mode (train.compile: "
-                               "never skips the attempt)")
-                    loss_fn = eager
-                    loss, terms = train_step(loss_fn, optimizer, labelled, unlabelled,
-                                             dtype=dtype, grad_clip=settings.grad_clip)
-                for name, value in {"loss": loss.detach(), **terms}.items():
-                    sums[name] = sums.get(name, 0.0) + value.float()
-                steps += 1
-            means = _epoch_means(sums, steps, world)
-            _check_finite(epoch, means)
-            history.append(means)
-            bar.set_postfix(loss=f"{means['loss']:.4g}")
-            if on_epoch is not None and world.is_main:
-                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    on_epoch(epoch, means)  # evaluation must not move the training's RNG
-            if checkpoint is not None and world.is_main:
-                torch_save({"epoch": epoch + 1, "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "torch_rng": torch.get_rng_state(),
-                            "cuda_rng": (torch.cuda.get_rng_state_all()
-                                         if device.type == "cuda" else []),
-                            "numpy_rng": rng.bit_generator.state, "history": history,
-                            "fingerprint": fingerprint or {}}, checkpoint)
-    bar.close()
-    return history
+        return engine.train(model, optimizer, run_epoch, epochs=cfg.epochs,
+                            checkpoint=checkpoint, rng=rng, curves=curves, evaluate=evaluate,
+                            hint=HINT, progress=progress, world=world)
 
 
 def _epoch_means(sums: dict[str, torch.Tensor], steps: int, world: World) -> dict[str, float]:
@@ -229,45 +190,3 @@ def _epoch_means(sums: dict[str, torch.Tensor], steps: int, world: World) -> dic
         torch.distributed.all_reduce(totals)
         totals = totals / world.size
     return {name: value / steps for name, value in zip(names, totals.tolist(), strict=True)}
-
-
-def _check_finite(epoch: int, means: dict[str, float]) -> None:
-    bad = sorted(name for name, value in means.items() if not np.isfinite(value))
-    if bad:
-        raise NonFiniteLossError(
-            f"the loss became non-finite in epoch {epoch + 1} (terms: {', '.join(bad)}); "
-            "try a lower train.lr, train.grad_clip > 0, or train.precision=fp32")
-
-
-def _resume(checkpoint: Path | None, fingerprint: dict[str, Any] | None, model: nn.Module,
-            optimizer: torch.optim.Optimizer, rng: np.random.Generator,
-            history: list[dict[str, float]], world: World = SINGLE) -> int:
-    """Load `checkpoint` if it belongs to this run; return the first epoch to train."""
-    if checkpoint is None or not checkpoint.is_file():
-        return 0
-    # On the CPU: RNG states must stay there; load_state_dict moves weights to the device.
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if state.get("fingerprint") != (fingerprint or {}):
-        if world.is_main:
-            tqdm.write(f"{checkpoint}: written for other parameters or data; starting afresh")
-        return 0
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"]:
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    rng.bit_generator.state = state["numpy_rng"]
-    history.extend(state["history"])
-    if world.is_main:
-        tqdm.write(f"{checkpoint}: resuming after epoch {state['epoch']}")
-    return int(state["epoch"])
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    was = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was)
