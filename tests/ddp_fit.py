@@ -22,7 +22,7 @@ from pipeline.config import TrainConfig
 from pipeline.store import FeatureSet
 from pipeline.vae import MODELS, build_model
 from pipeline.vae.data import prepare
-from pipeline.vae.evaluate import PredictOptions, evaluate
+from pipeline.vae.evaluate import evaluate
 from pipeline.vae.training import FitSettings, fit
 
 # 62 labelled, 1196 unlabelled: every batch (32 labelled, 64 unlabelled, the last 44)
@@ -46,7 +46,8 @@ def two_views(seed: int = 0, classes: int = 5, dim: int = 12) -> FeatureSet:
     is_test[-N_TEST:] = True
     return FeatureSet(features=features, label=label.astype(np.int64), is_test=is_test,
                       is_labeled=is_labeled, categories=[str(c) for c in range(classes)])
-CONFIG = TrainConfig(hidden=16, a_dim=4, z_dim=4, dropout=0.5, precision="fp32")
+CONFIG = TrainConfig(hidden=16, a_dim=4, z_dim=4, dropout=0.5, precision="fp32",
+                     prediction="posterior_mean")
 SETTINGS = FitSettings(epochs=2, lr=1e-3, batch_size=64, labeled_batch_size=32, seed=3)
 
 
@@ -59,7 +60,7 @@ def main(out: Path) -> None:
     model = build_model("ss_hmvae_kl", data.dims, len(data.categories), CONFIG)
     history = fit(model, data, SETTINGS, progress=False, world=world)
     evaluations = MODELS["ss_hmvae_kl"].evaluations(data.modalities)
-    accuracy = evaluate(model, data.test, evaluations, data.scaler, PredictOptions())
+    accuracy = evaluate(model, data.test, evaluations, data.scaler, CONFIG)
     torch.save({"state": model.state_dict(), "history": history, "accuracy": accuracy,
                 "world": world.size}, out / f"rank-{world.rank}.pt")
     distributed.shutdown(world)

@@ -24,23 +24,17 @@ import torch
 from torch import nn
 
 from pipeline.atomic import write_json
-from pipeline.config import TrainConfig
+from pipeline.config import MODEL_NAMES, TrainConfig
 from pipeline.devices import resolve_device
 from pipeline.distributed import SINGLE, World
 from pipeline.errors import UserError
 from pipeline.store import FeatureSet, read_features
 from pipeline.vae import MODELS, Evaluation, ModelSpec, build_model
 from pipeline.vae.data import TrialData, prepare
-from pipeline.vae.evaluate import (
-    PredictOptions,
-    evaluate,
-    evaluate_options,
-    option_name,
-    table_row,
-)
+from pipeline.vae.evaluate import configured, evaluate, evaluate_options, table_row
 from pipeline.vae.saved import save_trained
 from pipeline.vae.stacked import fit_stacked
-from pipeline.vae.training import FitSettings, autocast_dtype, fit
+from pipeline.vae.training import FitSettings, fit
 
 
 def file_sha256(path: Path) -> str:
@@ -145,7 +139,7 @@ def train_and_evaluate_stacked(features: list[Path], model_name: str, cfg: Train
 def _spec(model_name: str) -> ModelSpec:
     if model_name not in MODELS:
         raise UserError(f"--model: unknown model {model_name!r}; expected one of "
-                        f"{', '.join(MODELS)}")
+                        f"{', '.join(MODEL_NAMES)}")
     return MODELS[model_name]
 
 
@@ -193,21 +187,18 @@ def _cheap_accuracy(model: nn.Module, data: TrialData, evaluations: list[Evaluat
                     cfg: TrainConfig) -> dict[str, float]:
     """Per-epoch test accuracy for the learning curves (iterative sampling left out)."""
     cheap = [e for e in evaluations if e.method != "iterative"]
-    return table_row(evaluate(model, data.test, cheap, data.scaler,
-                              PredictOptions.from_config(cfg), seed=cfg.seed,
-                              precision=autocast_dtype(cfg.precision)), cheap)
+    return table_row(evaluate(model, data.test, cheap, data.scaler, cfg), cheap)
 
 
 def _metrics(model: nn.Module, data: TrialData, data_file: FeatureSet, features: Path,
              model_name: str, cfg: TrainConfig, evaluations: list[Evaluation],
              history: list[dict[str, float]]) -> dict[str, Any]:
     """The final evaluation of a trained model: what `metrics.json` holds."""
-    by_option = evaluate_options(model, data.test, evaluations, data.scaler, cfg,
-                                 seed=cfg.seed, precision=autocast_dtype(cfg.precision))
+    by_option = evaluate_options(model, data.test, evaluations, data.scaler, cfg)
     results: dict[str, dict[str, float]] = {}
     for e in evaluations:  # the configured options: Table 1's numbers
         results.setdefault(e.method, {})[e.key] = by_option[e.method][
-            option_name(model, e, cfg)][e.key]
+            configured(model, e, cfg)[0]][e.key]
     metrics: dict[str, Any] = {"model": model_name, "accuracy": table_row(results, evaluations)}
     if "iterative" in results:
         # Table 1's iterative-sampling row: joint input needs no sampling.

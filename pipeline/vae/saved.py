@@ -28,12 +28,12 @@ import torch
 from torch import nn
 
 from pipeline.atomic import torch_save
+from pipeline.classical import CLASSICAL
 from pipeline.config import TrainConfig
 from pipeline.errors import UserError
 from pipeline.vae import MODELS, Evaluation, build_model
 from pipeline.vae.data import FeatureScaler, TrialData
-from pipeline.vae.evaluate import EVAL_BATCH, PredictOptions, predict
-from pipeline.vae.training import autocast_dtype
+from pipeline.vae.evaluate import EVAL_BATCH, predict
 
 FORMAT = "ssmvae-model/1"
 TORCH_KIND = "torch"
@@ -57,10 +57,10 @@ class Classifier(Protocol):
 
     def evaluations(self) -> list[Evaluation]: ...
 
-    def classify(self, x: Mapping[str, np.ndarray], evaluation: Evaluation, *,
-                 start: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """(predicted class [N], class probabilities [N, K]) of raw fc1 features; `start`
-        is the rows' offset in the whole input, so that sampling matches one long call."""
+    def classify(self, x: Mapping[str, np.ndarray], evaluation: Evaluation
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """(predicted class [N], class probabilities [N, K]) of raw fc1 features; a row's
+        result depends on that row alone, however the rows are batched."""
         ...
 
 
@@ -162,6 +162,11 @@ def load_trained(folder: str | Path, device: torch.device | None = None) -> Clas
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a file that is not ours
         raise SavedModelError(f"{path}: not a model file of the train stage ({err})") from err
+    if isinstance(state, dict) and state.get("model") in CLASSICAL:
+        raise SavedModelError(
+            f"{path}: {state['model']} is a classical model, which predict does not support: "
+            "its model.pt holds the rows it learnt from, not a classifier for new frames "
+            f"(predict takes {', '.join(MODELS)})")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise SavedModelError(f"{path}: format {found!r}, expected {FORMAT!r}; it was written "
@@ -191,18 +196,15 @@ class TorchClassifier:
     def evaluations(self) -> list[Evaluation]:
         return MODELS[self.name].evaluations(self.modalities)
 
-    def classify(self, x: Mapping[str, np.ndarray], evaluation: Evaluation, *,
-                 start: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """In blocks of `evaluate.EVAL_BATCH` rows seeded `seed + offset`, as `evaluate` does,
-        so that the rows of a test set give exactly the predictions behind `metrics.json`."""
+    def classify(self, x: Mapping[str, np.ndarray], evaluation: Evaluation
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """With the configured option (Table 1's number) and `evaluate`'s common random
+        numbers, so that the rows of a test set give the predictions behind `metrics.json`."""
         n = len(next(iter(x.values())))
-        options = PredictOptions.from_config(self.cfg)  # the options behind Table 1's number
         preds, probs = [], []
         for lo in range(0, n, EVAL_BATCH):
             block = self._tensors({m: v[lo:lo + EVAL_BATCH] for m, v in x.items()})
-            log_probs = predict(self.model, block, evaluation, self.scaler, options,
-                                seed=self.cfg.seed + start + lo,
-                                precision=autocast_dtype(self.cfg.precision))
+            log_probs = predict(self.model, block, evaluation, self.scaler, self.cfg)
             preds.append(log_probs.argmax(-1).cpu().numpy())
             probs.append(log_probs.float().exp().cpu().numpy())
         return np.concatenate(preds), np.concatenate(probs)
@@ -224,8 +226,9 @@ class TorchClassifier:
 def _load_torch(state: dict[str, Any], path: Path, device: torch.device) -> TorchClassifier:
     name = state.get("model")
     if name not in MODELS:
-        raise SavedModelError(f"{path}: model {name!r} is unknown to this code "
-                              f"(known: {', '.join(MODELS)})")
+        raise SavedModelError(f"{path}: model {name!r} is unknown to this code (predict "
+                              f"takes {', '.join(MODELS)}; not the classical "
+                              f"{', '.join(CLASSICAL)})")
     try:
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
         config = {k: v for k, v in state["config"].items() if k in fields}
