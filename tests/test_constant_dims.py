@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.config import TrainConfig
 from pipeline.store import write_features
 from pipeline.vae.data import LIKELIHOODS, FeatureScaler, prepare
 from pipeline.vae.experiment import train_and_evaluate
-from pipeline.vae.saved import _arrays, _tensors, load_trained
+from pipeline.vae.saved import _arrays, _tensors, choose, load_trained
 from tests.digits import digits_views
 
 CPU = torch.device("cpu")
@@ -71,34 +72,65 @@ def _with_dead_dimensions(data, dead: int, test_value: float, small_view: str):
     return dataclasses.replace(data, features=features)
 
 
-def test_dead_dimensions_firing_on_test_rows_leave_the_accuracy(tmp_path):
-    """The issue's check, on the digits (two views, 5 % labelled, fixed seed): a view of
-    typical spread 0.05, plus 40 dead dimensions per view at 5.0 on the test rows, gives
-    the accuracy of the same file without them within a point, and exactly that of the
-    same file with the dead dimensions at 0 on the test rows; `predict`'s loaded model
-    fixes them too."""
-    from pipeline.config import TrainConfig
+@pytest.fixture
+def one_thread():
+    """Small models train ~100x slower when their threads contend on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
-    cfg = TrainConfig(epochs=8, hidden=64, a_dim=16, z_dim=16, lr=1e-3, alpha=50.0,
-                      batch_size=64, predict_samples=10, device="cpu")
-    data = digits_views(seed=0)
-    files = {"without": _with_dead_dimensions(data, 0, 0.0, "right"),
-             "quiet": _with_dead_dimensions(data, 40, 0.0, "right"),
-             "firing": _with_dead_dimensions(data, 40, 5.0, "right")}
-    accuracy = {}
-    for name, features in files.items():
-        path = tmp_path / f"{name}.h5"
-        write_features(path, features)
-        accuracy[name] = train_and_evaluate(path, "ss_hmvae_kl", cfg, tmp_path / name,
-                                            progress=False, live=False)["accuracy"]
-    assert accuracy["firing"] == accuracy["quiet"]
-    for key, value in accuracy["without"].items():
-        assert abs(accuracy["firing"][key] - value) <= 0.01, (key, accuracy)
-    # the saved model fixes them as training did
+
+def _config(**kwargs) -> TrainConfig:
+    return TrainConfig(hidden=64, a_dim=16, z_dim=16, lr=1e-3, alpha=50.0, batch_size=64,
+                       predict_samples=10, device="cpu", **kwargs)
+
+
+def _train(tmp_path, name: str, features, cfg: TrainConfig) -> dict[str, float]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / f"{name}.h5"
+    write_features(path, features)
+    return train_and_evaluate(path, "ss_hmvae_kl", cfg, tmp_path / name, progress=False,
+                              live=False)["accuracy"]
+
+
+def test_dead_dimensions_firing_on_test_rows_move_no_prediction(tmp_path, one_thread):
+    """The digits (two views, 5 % labelled, fixed seed), the right view at a typical spread
+    of 0.05, 40 dead dimensions per view: at 5.0 on the test rows they give exactly the
+    accuracies of the same file with them at 0, and the saved model fixes them as training
+    did. Left free (the scaling before this rule), they drag the joint input far down."""
+    cfg, data = _config(epochs=8), digits_views(seed=0)
+    firing = _with_dead_dimensions(data, 40, 5.0, "right")
+    quiet = _train(tmp_path, "quiet", _with_dead_dimensions(data, 40, 0.0, "right"), cfg)
+    assert _train(tmp_path, "firing", firing, cfg) == quiet
     classifier = load_trained(tmp_path / "firing")
-    trial = prepare(files["firing"], cfg.likelihood, CPU)
-    x = {m: files["firing"].features[m][files["firing"].is_test] for m in trial.modalities}
+    trial = prepare(firing, cfg.likelihood, CPU)
+    x = {m: firing.features[m][firing.is_test] for m in trial.modalities}
     for m in trial.modalities:
         assert len(classifier.scaler.constant[m]) >= 40
         np.testing.assert_array_equal(classifier.scaler.transform(m, x[m]),
                                       trial.test.x[m].numpy())
+    free = dataclasses.replace(classifier, scaler=dataclasses.replace(
+        classifier.scaler, constant={}, constant_value={}))
+    joint = choose(free, ("left", "right"))
+    accuracy = np.mean(free.classify(x, joint)[0] == firing.label[firing.is_test])
+    assert accuracy < quiet["left+right"] - 0.2, (accuracy, quiet)
+
+
+@pytest.mark.slow
+def test_dead_dimensions_keep_the_accuracy_of_the_file_without_them(tmp_path, one_thread):
+    """The issue's check: with the dead dimensions (5.0 on the test rows) the accuracy of
+    each input is within a point of the same file without them. Extra input dimensions
+    change the initial weights, so one seed differs by up to 5 points either way after a
+    short run (measured); the check is on the mean of seeds 0-2 after 40 epochs (measured:
+    +0.8 / +0.5 / +0.9 points, joint / left / right)."""
+    data = digits_views(seed=0)
+    files = {"without": _with_dead_dimensions(data, 0, 0.0, "right"),
+             "firing": _with_dead_dimensions(data, 40, 5.0, "right")}
+    mean = {}
+    for name, features in files.items():
+        runs = [_train(tmp_path / str(seed), name, features, _config(epochs=40, seed=seed))
+                for seed in range(3)]
+        mean[name] = {k: np.mean([r[k] for r in runs]) for k in runs[0]}
+    for key, value in mean["without"].items():
+        assert abs(mean["firing"][key] - value) <= 0.01, (key, mean)
