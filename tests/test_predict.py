@@ -291,7 +291,7 @@ def test_model_folder_of_other_code_is_a_clear_error(project, tmp_path):
         load_trained(tmp_path / "junk")
 
 
-def test_classical_model_is_refused_in_one_line(real_frames, tmp_path, capsys):
+def test_classical_model_is_refused_in_one_line(tmp_path, capsys):
     """A classical model's folder (co-training, label spreading) gets one line naming the
     file and saying predict does not support it, not "train the model again"; exit 2."""
     for name in CLASSICAL:
@@ -299,8 +299,8 @@ def test_classical_model_is_refused_in_one_line(real_frames, tmp_path, capsys):
         folder.mkdir(parents=True)
         torch.save({"format": CLASSICAL_FORMAT, "model": name,
                     "rgb_rows": torch.arange(3)}, folder / "model.pt")
-        code = cli(["predict", "--model", str(folder),
-                    "--rgb", str(_real_pairs(real_frames) / "apple_1_1_1_crop.png"),
+        cv2.imwrite(str(tmp_path / "x_crop.png"), np.zeros((8, 8, 3), np.uint8))
+        code = cli(["predict", "--model", str(folder), "--rgb", str(tmp_path / "x_crop.png"),
                     "--out", str(tmp_path / "p.json")])
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1, err
