@@ -1,7 +1,9 @@
 """A trained model as `predict` needs it: `DIR/model.pt`, written by `train` when it ends.
 
 One file holds everything needed to classify new features the way `metrics.json` was
-computed: the weights, the feature scaling fitted on the training rows, the effective train
+computed: the weights, the feature scaling fitted on the training rows (with the dimensions
+constant on them and their values, which every row takes: `data.FeatureScaler`; a file
+written before that record loads with none, as it was evaluated), the effective train
 configuration (architecture, precision, iterative steps, seed), the categories and
 modalities, the model name, and the provenance of the features (the features file's
 attributes: trial, image size, the fine-tuned VGG16 checkpoints' sha256; and the
@@ -10,9 +12,10 @@ attributes: trial, image size, the fine-tuned VGG16 checkpoints' sha256; and the
 `load_trained` checks the format and rebuilds the model with today's code; a file of another
 format, or weights that no longer fit the code's model, is a `SavedModelError` naming the file.
 
-Model kinds: a file names its `kind`, and `KINDS` maps a kind to its loader, so a model that
-is not a torch module (co-training, label spreading) can save its own payload and register a
-loader returning an object with the `Classifier` interface below.
+Model kinds: a file names its `kind`, and `KINDS` maps a kind to its loader returning an object
+with the `Classifier` interface below. The classical models (co-training, label spreading)
+are refused with one line: their `model.pt` holds the rows each learnt from, not a fitted
+classifier, and label spreading labels only the rows of the graph it was built on.
 """
 
 from __future__ import annotations
@@ -28,8 +31,7 @@ import torch
 from torch import nn
 
 from pipeline.atomic import torch_save
-from pipeline.classical import CLASSICAL
-from pipeline.config import TrainConfig
+from pipeline.config import MODEL_NAMES, TrainConfig
 from pipeline.errors import UserError
 from pipeline.vae import MODELS, Evaluation, build_model
 from pipeline.vae.data import FeatureScaler, TrialData
@@ -41,6 +43,9 @@ TORCH_KIND = "torch"
 # classifier for those inputs first, then the unimodal encoder (SS-HMVAE-kl), iterative
 # sampling (SS-HMVAE), and zero-fill last (SS-MVAE has nothing else).
 PREFERENCE = ("joint", "unimodal", "iterative", "zero_fill")
+# the classical models' names (pipeline/classical, not imported: the train stages that save
+# a model would then depend on it)
+CLASSICAL = tuple(name for name in MODEL_NAMES if name not in MODELS)
 
 
 class SavedModelError(UserError):
