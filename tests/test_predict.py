@@ -335,7 +335,9 @@ def test_old_model_without_the_constant_dimensions_record_loads(project, tmp_pat
 @pytest.mark.parametrize("name", ["ss_hmvae_kl", "ss_hmvae"])
 def test_a_frames_prediction_does_not_depend_on_the_others(project, networks, name):
     """Monte-Carlo draws and iterative sampling's chain: a frame alone, beside others, in
-    another order or another batch size gets the same probabilities."""
+    another order or another batch size gets the same probabilities. Alone, up to float32
+    rounding (a product of one row may take another kernel than one of six: 1 ulp
+    measured); the draws' own effect was 0.2 points (0.938 alone, 0.936 beside another)."""
     classifier = _predictor(project, networks, name).classifier
     assert classifier.cfg.prediction == "monte_carlo" and classifier.cfg.predict_samples > 1
     data = read_features(project / "data/features/trial-1.h5")
@@ -346,7 +348,8 @@ def test_a_frames_prediction_does_not_depend_on_the_others(project, networks, na
         np.testing.assert_array_equal(backwards[::-1], together, err_msg=str(evaluation))
         for i in (0, 5):
             _, alone = classifier.classify({m: v[i:i + 1] for m, v in x.items()}, evaluation)
-            np.testing.assert_array_equal(alone[0], together[i], err_msg=str(evaluation))
+            np.testing.assert_allclose(alone[0], together[i], rtol=1e-6, atol=0,
+                                       err_msg=str(evaluation))
 
 
 def test_frames_in_any_batch_size_get_the_same_prediction(project, networks):
@@ -357,7 +360,9 @@ def test_frames_in_any_batch_size_get_the_same_prediction(project, networks):
     assert evaluation.method == "iterative"
     one = predict_frames(predictor, frames[:5], evaluation, batch_size=1)[0]
     many = predict_frames(predictor, frames[:5][::-1], evaluation, batch_size=3)[0]
-    assert [p.top for p in one] == [p.top for p in many[::-1]]
+    assert [[c for c, _ in p.top] for p in one] == [[c for c, _ in p.top] for p in many[::-1]]
+    np.testing.assert_allclose([[q for _, q in p.top] for p in one],
+                               [[q for _, q in p.top] for p in many[::-1]], rtol=0, atol=2e-6)
 
 
 def test_missing_or_other_vgg16_checkpoint_is_a_clear_error(project, tmp_path, real_frames):
