@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import yaml
 
-from pipeline.atomic import write_json
+from pipeline.atomic import plain, write_json
 from pipeline.errors import UserError
 
 # Every allowed value, declared once: the sections' type hints use these, `load_config`
@@ -336,7 +336,7 @@ class Config:
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
     def dump(self, path: str | Path) -> None:
         """Write the effective configuration next to a stage's outputs."""
@@ -468,7 +468,7 @@ def _refuse_shadowed(raw: dict[str, Any], section: str, key: str, value: Any, pr
             f"{profile!r} sets profiles.{profile}.{section}.{key}: {_yaml(value)}; set "
             f"profiles.{profile}.{section}.{key} instead (dvc exp run -S "
             f"profiles.{profile}.{section}.{key}=...), or leave {section}.{key} at the "
-            f"paper's {_yaml(_plain(getattr(cls(), key)))}")
+            f"paper's {_yaml(plain(getattr(cls(), key)))}")
 
 
 def _yaml(value: Any) -> str:
@@ -574,11 +574,3 @@ def _check_device(key: str, value: str) -> None:
 
 def _is_hex(text: str) -> bool:
     return all(c in "0123456789abcdefABCDEF" for c in text)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value

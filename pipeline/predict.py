@@ -14,7 +14,10 @@ Where the VGG16 networks are: the model folder records the features file's prove
 
 Inputs: one file per modality (any names), or folders paired by the dataset's naming
 (`NAME_crop.png` with `NAME_depthcrop.png`). A file that cannot be used (unreadable, depth
-not 16-bit, without its partner) is listed with its reason; the other frames are predicted.
+not 16-bit, without its partner) is listed with its reason, and so is every other file of
+its frame, which is not used: a frame given as RGB + depth is predicted from both or not at
+all (never silently from one, by another method than the one the result names); the other
+frames are predicted.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ from pipeline.features.extract import CheckpointError, features_of, load_checkpo
 from pipeline.images import FrameError, process_file
 from pipeline.rgbd.layout import parse_name
 from pipeline.vae import Evaluation
-from pipeline.vae.evaluate import EVAL_BATCH
 from pipeline.vae.saved import Classifier, SavedModelError, choose, load_trained
 
 MODALITIES = ("rgb", "depth")
@@ -200,21 +202,17 @@ def _vgg16(model_dir: Path, classifier: Classifier, attrs: dict[str, Any], modal
 def predict_frames(predictor: Predictor, frames: Sequence[FrameFiles], evaluation: Evaluation,
                    *, top: int = 5, batch_size: int = 64,
                    progress: bool = False) -> tuple[list[Prediction], list[tuple[str, str]]]:
-    """Predictions for the frames that can be read, and (file, reason) for the others."""
+    """Predictions for the frames that can be read, and (file, reason) for the others; a
+    frame's prediction does not depend on the other frames or the batch size."""
     predictions: list[Prediction] = []
     errors: list[tuple[str, str]] = []
-    pending: list[tuple[FrameFiles, dict[str, np.ndarray]]] = []
-    offset = 0  # rows classified so far: blocks start where evaluate's blocks would
     with tqdm(total=len(frames), unit="frame", desc="predict", disable=not progress,
               mininterval=1.0) as bar:
         for chunk in _chunks(frames, batch_size):
-            pending += _features(predictor, chunk, evaluation.inputs, errors)
+            rows = _features(predictor, chunk, evaluation.inputs, errors)
+            if rows:
+                predictions += _classify(predictor, rows, evaluation, top)
             bar.update(len(chunk))
-            while len(pending) >= EVAL_BATCH:
-                predictions += _classify(predictor, pending[:EVAL_BATCH], evaluation, offset, top)
-                pending, offset = pending[EVAL_BATCH:], offset + EVAL_BATCH
-        if pending:
-            predictions += _classify(predictor, pending, evaluation, offset, top)
     return predictions, errors
 
 
@@ -228,12 +226,21 @@ def _features(predictor: Predictor, chunk: Sequence[FrameFiles], inputs: Sequenc
     """Decode and preprocess a chunk of frames, then fc1 of the readable ones, per modality."""
     readable, images = [], []
     for frame in chunk:
-        try:
-            images.append({m: _image(frame.files[m], m, predictor.preprocess_size)
-                           for m in inputs})
+        image, refused = {}, []
+        for m in inputs:
+            try:
+                image[m] = _image(frame.files[m], m, predictor.preprocess_size)
+            except _FileError as err:
+                refused.append(err)
+        if not refused:
+            images.append(image)
             readable.append(frame)
-        except _FileError as err:
-            errors.append((str(err.path), err.reason))
+            continue
+        errors += [(str(err.path), err.reason) for err in refused]
+        bad = ", ".join(str(err.path) for err in refused)
+        errors += [(str(frame.files[m]), f"not used: frame {frame.name} cannot be predicted "
+                                         f"from {'+'.join(inputs)} ({bad} was refused)")
+                   for m in image]
     if not readable:
         return []
     fc1 = {m: features_of(predictor.nets[m], np.stack([i[m] for i in images]),
@@ -259,9 +266,9 @@ def _image(path: Path, modality: str, size: int) -> np.ndarray:
 
 
 def _classify(predictor: Predictor, rows: list[tuple[FrameFiles, dict[str, np.ndarray]]],
-              evaluation: Evaluation, offset: int, top: int) -> list[Prediction]:
+              evaluation: Evaluation, top: int) -> list[Prediction]:
     x = {m: np.stack([f[m] for _, f in rows]) for m in evaluation.inputs}
-    classes, probs = predictor.classifier.classify(x, evaluation, start=offset)
+    classes, probs = predictor.classifier.classify(x, evaluation)
     categories = predictor.classifier.categories
     out = []
     for (frame, _), cls, p in zip(rows, classes, probs, strict=True):

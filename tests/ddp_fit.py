@@ -22,7 +22,7 @@ from pipeline.config import TrainConfig
 from pipeline.store import FeatureSet
 from pipeline.vae import MODELS, build_model
 from pipeline.vae.data import prepare
-from pipeline.vae.evaluate import PredictOptions, evaluate
+from pipeline.vae.evaluate import evaluate
 from pipeline.vae.training import fit
 
 # 62 labelled, 1196 unlabelled: every batch (32 labelled, 64 unlabelled, the last 44)
@@ -47,7 +47,8 @@ def two_views(seed: int = 0, classes: int = 5, dim: int = 12) -> FeatureSet:
     return FeatureSet(features=features, label=label.astype(np.int64), is_test=is_test,
                       is_labeled=is_labeled, categories=[str(c) for c in range(classes)])
 CONFIG = TrainConfig(hidden=16, a_dim=4, z_dim=4, dropout=0.5, precision="fp32", epochs=2,
-                     lr=1e-3, batch_size=64, labeled_batch_size=32, seed=3)
+                     lr=1e-3, batch_size=64, labeled_batch_size=32, seed=3,
+                     prediction="posterior_mean")
 
 
 def main(out: Path) -> None:
@@ -59,7 +60,7 @@ def main(out: Path) -> None:
     model = build_model("ss_hmvae_kl", data.dims, len(data.categories), CONFIG)
     history = fit(model, data, CONFIG, progress=False, world=world)
     evaluations = MODELS["ss_hmvae_kl"].evaluations(data.modalities)
-    accuracy = evaluate(model, data.test, evaluations, data.scaler, PredictOptions())
+    accuracy = evaluate(model, data.test, evaluations, data.scaler, CONFIG)
     torch.save({"state": model.state_dict(), "history": history, "accuracy": accuracy,
                 "world": world.size}, out / f"rank-{world.rank}.pt")
     distributed.shutdown(world)

@@ -18,6 +18,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from pipeline import engine
 from pipeline.__main__ import main as cli
 from pipeline.config import ExtractConfig, FinetuneConfig
 from pipeline.errors import UserError
@@ -389,7 +390,7 @@ def test_corrupt_checkpoint_in_a_finetune_folder_is_discarded(data, tuned, tmp_p
     settings = {"any": "settings"}
     caplog.set_level("WARNING")
     if name == "state.pt":
-        assert ft._resume_state(out, settings, epochs=2) is None
+        assert engine.Checkpoint(out / name, settings).load(2) is None
     else:
         assert ft._finished(out, settings, epochs=2) is None
     assert not (out / name).exists()

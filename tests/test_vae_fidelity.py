@@ -16,7 +16,7 @@ from pipeline.config import TrainConfig
 from pipeline.store import FeatureSet, write_features
 from pipeline.vae import MODELS, Evaluation, build_model
 from pipeline.vae.data import FeatureScaler, prepare
-from pipeline.vae.evaluate import PredictOptions, predict, variants
+from pipeline.vae.evaluate import Option, predict, variants
 from pipeline.vae.experiment import _build, train_and_evaluate
 from pipeline.vae.hmvae import SSHMVAE, SSHMVAEKL
 from pipeline.vae.layers import GaussianHead, LikelihoodHead, Trunk
@@ -169,8 +169,8 @@ def test_monte_carlo_prediction_averages_probabilities_over_draws_of_a(method):
     g = torch.Generator().manual_seed(3)
     probs = torch.stack([
         torch.softmax(model.q_y_a_head(model.q_y_a(
-            a=q_a.base_dist.loc + q_a.base_dist.scale * torch.randn(
-                q_a.base_dist.loc.shape, generator=g))), -1)
+            a=q_a.base_dist.loc + q_a.base_dist.scale * torch.randn(  # one draw, all rows
+                q_a.base_dist.loc.shape[1:], generator=g))), -1)
         for _ in range(7)]).mean(0)
     torch.testing.assert_close(got, probs.log())
     shortcut = model.classify(x, method, samples=0)
@@ -187,7 +187,7 @@ def test_sdgm_monte_carlo_prediction_by_hand():
     q_a = inner.q_a_x_head(inner.q_a_x(x=x["rgb"]))
     g = torch.Generator().manual_seed(1)
     probs = sum(torch.softmax(inner.q_y_ax_head(inner.q_y_ax(
-        a=q_a.base_dist.loc + q_a.base_dist.scale * torch.randn(q_a.base_dist.loc.shape,
+        a=q_a.base_dist.loc + q_a.base_dist.scale * torch.randn(q_a.base_dist.loc.shape[1:],
                                                                 generator=g),
         x=x["rgb"])), -1) for _ in range(4)) / 4
     torch.testing.assert_close(got, probs.log())
@@ -201,7 +201,7 @@ def test_variants_cover_every_option_that_applies():
     assert set(variants(kl, iterative, cfg)) == {
         "mean_fill/posterior_mean", "mean_fill/monte_carlo",
         "sample_fill/posterior_mean", "sample_fill/monte_carlo"}
-    assert {n: o.samples for n, o in variants(kl, unimodal, cfg).items()} == {
+    assert {n: o.samples(cfg) for n, o in variants(kl, unimodal, cfg).items()} == {
         "posterior_mean": 0, "monte_carlo": 10}
     assert set(variants(mlp, Evaluation("rgb", ("rgb",), "joint", True), cfg)) == {"exact"}
 
@@ -215,15 +215,16 @@ def test_iterative_sampling_is_the_chain_of_appendix_d(fill):
     got = model.impute({"depth": depth}, "rgb", steps=4,
                        generator=torch.Generator().manual_seed(0), fill=fill)
     g = torch.Generator().manual_seed(0)
-    rgb = torch.randn(5, DIMS["rgb"], generator=g)  # x ~ p(x): noise like the scaled features
+    # x ~ p(x): noise like the scaled features; every draw is one row shared by the 5 rows
+    rgb = torch.randn(DIMS["rgb"], generator=g).expand(5, -1)
     for _ in range(4):
         q_a = model.q_a_xw_head(model.q_a_xw(rgb=rgb, depth=depth))
-        a = q_a.base_dist.loc + q_a.base_dist.scale * torch.randn(q_a.base_dist.loc.shape,
+        a = q_a.base_dist.loc + q_a.base_dist.scale * torch.randn(q_a.base_dist.loc.shape[1:],
                                                                   generator=g)
         p_x = model.p_x_a_head["rgb"](model.p_x_a["rgb"](a=a))
         rgb = p_x.base_dist.loc
         if fill == "sample":
-            rgb = rgb + p_x.base_dist.scale * torch.randn(rgb.shape, generator=g)
+            rgb = rgb + p_x.base_dist.scale * torch.randn(rgb.shape[1:], generator=g)
     torch.testing.assert_close(got, rgb)
     # the given modality steers the fill
     other = model.impute({"depth": depth + 3.0}, "rgb", steps=4,
@@ -248,8 +249,7 @@ def test_zero_fill_gives_the_model_scaled_zeros_for_the_missing_modality(monkeyp
         return torch.zeros(5, K)
 
     monkeypatch.setattr(model, "classify", spy)
-    predict(model, x, Evaluation("rgb", ("rgb",), "zero_fill", True), scaler,
-            PredictOptions(), seed=0, precision=None)
+    predict(model, x, Evaluation("rgb", ("rgb",), "zero_fill", True), scaler, TrainConfig())
     torch.testing.assert_close(seen["rgb"], x["rgb"])
     expected = torch.from_numpy((0 - scaler.offset["depth"]) / scaler.scale["depth"]).float()
     torch.testing.assert_close(seen["depth"], expected.expand(5, -1))
@@ -258,9 +258,8 @@ def test_zero_fill_gives_the_model_scaled_zeros_for_the_missing_modality(monkeyp
 @pytest.mark.parametrize("fill", ["mean", "sample"])
 def test_iterative_prediction_classifies_the_filled_input(fill):
     model, scaler, x = hmvae(), _scaler(), inputs()
-    options = PredictOptions(samples=3, fill=fill, iterative_steps=2)
-    got = predict(model, x, Evaluation("depth", ("depth",), "iterative", False), scaler,
-                  options, seed=5, precision=None)
+    cfg = TrainConfig(predict_samples=3, iterative_fill=fill, iterative_steps=2, seed=5)
+    got = predict(model, x, Evaluation("depth", ("depth",), "iterative", False), scaler, cfg)
     g = torch.Generator().manual_seed(5)
     rgb = model.impute({"depth": x["depth"]}, "rgb", 2, g, fill=fill)
     expected = model.classify({"rgb": rgb, "depth": x["depth"]}, "joint", samples=3,
@@ -272,11 +271,9 @@ def test_the_given_modality_reaches_the_prediction():
     model, scaler, x = hmvae(SSHMVAEKL), _scaler(), inputs()
     for method in ("unimodal", "zero_fill", "iterative"):
         evaluation = Evaluation("rgb", ("rgb",), method, True)
-        a = predict(model, x, evaluation, scaler, PredictOptions(iterative_steps=2), seed=0,
-                    precision=None)
+        a = predict(model, x, evaluation, scaler, TrainConfig(iterative_steps=2))
         moved = dict(x, rgb=x["rgb"] + 5.0)
-        b = predict(model, moved, evaluation, scaler, PredictOptions(iterative_steps=2),
-                    seed=0, precision=None)
+        b = predict(model, moved, evaluation, scaler, TrainConfig(iterative_steps=2))
         assert not torch.allclose(a, b), method
 
 
@@ -385,11 +382,12 @@ def test_every_option_at_once_equals_each_alone():
     from pipeline.vae.evaluate import predict_each
 
     model, scaler, x = hmvae(SSHMVAEKL), _scaler(), inputs()
-    options = [PredictOptions(samples=s, fill=f, iterative_steps=2)
-               for f in ("mean", "sample") for s in (3, 0, 2)]
+    cfg = TrainConfig(predict_samples=3, iterative_steps=2, seed=4)
+    options = [Option(p, f) for f in ("mean", "sample")
+               for p in ("monte_carlo", "posterior_mean", "monte_carlo")]
     for method in ("iterative", "unimodal", "zero_fill"):
         evaluation = Evaluation("rgb", ("rgb",), method, True)
-        together = predict_each(model, x, evaluation, scaler, options, seed=4, precision=None)
+        together = predict_each(model, x, evaluation, scaler, cfg, options)
         for option, got in zip(options, together, strict=True):
-            alone = predict(model, x, evaluation, scaler, option, seed=4, precision=None)
+            alone = predict(model, x, evaluation, scaler, cfg, option)
             torch.testing.assert_close(got, alone, rtol=0, atol=0)

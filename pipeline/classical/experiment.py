@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import torch_save, write_json
+from pipeline.atomic import plain, torch_save, write_json
 from pipeline.classical import CLASSICAL
 from pipeline.classical.cotrain import CoTrainResult, CoTrainSettings, columns, cotrain
 from pipeline.classical.validation import RoundChoice, choose_rounds
@@ -72,7 +72,7 @@ def train_and_evaluate_classical(features: Path, model_name: str, cfg: Classical
                **extra, "pca_dims": {m: int(x.shape[1]) for m, x in split.test.items()},
                "n_labelled": int(split.y.size),
                "n_unlabelled": int(split.y_unlabelled.size), "n_test": int(split.y_test.size),
-               "features": str(features), "trial": _plain(data.attrs.get("trial"))}
+               "features": str(features), "trial": plain(data.attrs.get("trial"))}
     _save_state(out / "model.pt", model_name, state)
     if live:
         _log(out / "dvclive", history, metrics)
@@ -213,7 +213,3 @@ def _log(folder: Path, history: list[dict[str, float]], metrics: dict[str, Any])
         curves.log(step, values)
     curves.summary({f"test/accuracy/{key}": value for key, value in metrics["accuracy"].items()})
     curves.close()
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,20 +27,30 @@ class FeatureScaler:
     Gaussian likelihoods: standardise (mean 0, std 1). Bernoulli: divide by the maximum,
     so fc1 features (>= 0, sparse) land in [0, 1] and can be scored as Bernoulli means.
 
-    A dimension that (nearly) never varies on the training rows is never amplified: its
-    divisor is floored at the modality's typical one, the median over the dimensions that
-    vary. Fine-tuned fc1 layers have units that are dead on every training image and fire
-    on a held-out one; divided by their ~0 spread, such a value would flood the first
-    layer at test time. Floored, it weighs what it would in a typical dimension.
+    A dimension that is constant on the training rows (labelled and unlabelled; its maximum
+    equals its minimum exactly, no tolerance) carries nothing the model could learn from: it
+    is fixed at that training value for every row it transforms (training, test, `predict`),
+    whatever the likelihood, and `constant` / `constant_value` record which dimensions and
+    their values (saved in `model.pt`). Fine-tuned fc1 layers have units that are dead on
+    every training image and fire on a held-out one; left free, such a value floods the
+    first layer at test time, however it is scaled.
+
+    A dimension that varies, however little, keeps its values, and its divisor is floored at
+    the modality's typical one (the median over the dimensions that vary), so that a unit
+    firing on a few training rows is not amplified either.
     """
 
     kind: str
     offset: dict[str, np.ndarray]
     scale: dict[str, np.ndarray]
+    # modality -> indices of the dimensions constant on the training rows, and their values
+    # (a model saved before this rule has none: it was trained and evaluated without it)
+    constant: dict[str, np.ndarray] = field(default_factory=dict)
+    constant_value: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def fit(cls, features: dict[str, np.ndarray], rows: np.ndarray, kind: str) -> FeatureScaler:
-        offset, scale = {}, {}
+        offset, scale, constant, constant_value = {}, {}, {}, {}
         for m, x in features.items():
             train = x[rows]
             if kind in GAUSSIAN:
@@ -55,17 +65,24 @@ class FeatureScaler:
             else:
                 raise ValueError(f"likelihood: expected one of {', '.join(LIKELIHOODS)}, "
                                  f"got {kind!r}")
+            constant[m] = np.flatnonzero(train.max(0) == train.min(0))
+            constant_value[m] = train[0, constant[m]].astype(np.float32)
+            spread[constant[m]] = 0  # the mean of equal values can round to a spread > 0
             scale[m] = np.maximum(spread, typical_scale(spread)).astype(np.float32)
-        return cls(kind, offset, scale)
+        return cls(kind, offset, scale, constant, constant_value)
 
     def transform(self, m: str, x: np.ndarray) -> np.ndarray:
+        if m in self.constant and self.constant[m].size:
+            x = x.copy()
+            x[:, self.constant[m]] = self.constant_value[m]
         out = (x - self.offset[m]) / self.scale[m]
         if self.kind == "bernoulli":
             out = np.clip(out, 0.0, 1.0)
         return out.astype(np.float32)
 
     def state(self) -> dict:
-        return {"kind": self.kind, "offset": self.offset, "scale": self.scale}
+        return {"kind": self.kind, "offset": self.offset, "scale": self.scale,
+                "constant": self.constant, "constant_value": self.constant_value}
 
     @classmethod
     def from_state(cls, state: dict) -> FeatureScaler:

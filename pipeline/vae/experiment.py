@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from pipeline.atomic import plain, write_json
-from pipeline.config import TrainConfig
-from pipeline.devices import autocast_dtype, resolve_device
+from pipeline.config import CLASSICAL_MODELS, VAE_MODELS, TrainConfig
+from pipeline.devices import resolve_device
 from pipeline.digest import file_sha256
 from pipeline.distributed import SINGLE, World
 from pipeline.engine import Checkpoint
@@ -31,13 +31,7 @@ from pipeline.errors import UserError
 from pipeline.store import FeatureSet, read_features
 from pipeline.vae import MODELS, Evaluation, ModelSpec, build_model
 from pipeline.vae.data import TrialData, prepare
-from pipeline.vae.evaluate import (
-    PredictOptions,
-    evaluate,
-    evaluate_options,
-    option_name,
-    table_row,
-)
+from pipeline.vae.evaluate import configured, evaluate, evaluate_options, table_row
 from pipeline.vae.objective import Batch, labelled_share
 from pipeline.vae.saved import save_trained
 from pipeline.vae.training import fit
@@ -83,9 +77,13 @@ def train_and_evaluate(features: Path, model_name: str, cfg: TrainConfig, out: P
 
 
 def _spec(model_name: str) -> ModelSpec:
+    if model_name in CLASSICAL_MODELS:
+        raise UserError(f"--model: {model_name!r} is a classical model: it has its own stage, "
+                        "`python -m pipeline classical`")
     if model_name not in MODELS:
         raise UserError(f"--model: unknown model {model_name!r}; expected one of "
-                        f"{', '.join(MODELS)}")
+                        f"{', '.join(VAE_MODELS)} (or, with `python -m pipeline classical`, "
+                        f"{', '.join(CLASSICAL_MODELS)})")
     return MODELS[model_name]
 
 
@@ -132,21 +130,19 @@ def _curve_accuracy(model: nn.Module, data: TrialData, rows: Batch,
     """The learning curve's test accuracy: Table 1's evaluations but iterative sampling,
     with the posterior-mean shortcut, on the fixed rows (a few % of an epoch: docs/scale.md)."""
     cheap = [e for e in evaluations if e.method != "iterative"]
-    options = dataclasses.replace(PredictOptions.from_config(cfg), samples=0)
-    return table_row(evaluate(model, rows, cheap, data.scaler, options, seed=cfg.seed,
-                              precision=autocast_dtype(cfg.precision)), cheap)
+    shortcut = dataclasses.replace(cfg, prediction="posterior_mean")
+    return table_row(evaluate(model, rows, cheap, data.scaler, shortcut), cheap)
 
 
 def _metrics(model: nn.Module, data: TrialData, data_file: FeatureSet, features: Path,
              model_name: str, cfg: TrainConfig, evaluations: list[Evaluation],
              history: list[dict[str, float]]) -> dict[str, Any]:
     """The final evaluation of a trained model: what `metrics.json` holds."""
-    by_option = evaluate_options(model, data.test, evaluations, data.scaler, cfg,
-                                 seed=cfg.seed, precision=autocast_dtype(cfg.precision))
+    by_option = evaluate_options(model, data.test, evaluations, data.scaler, cfg)
     results: dict[str, dict[str, float]] = {}
     for e in evaluations:  # the configured options: Table 1's numbers
         results.setdefault(e.method, {})[e.key] = by_option[e.method][
-            option_name(model, e, cfg)][e.key]
+            configured(model, e, cfg)[0]][e.key]
     metrics: dict[str, Any] = {"model": model_name, "accuracy": table_row(results, evaluations)}
     if "iterative" in results:
         # Table 1's iterative-sampling row: joint input needs no sampling.

@@ -40,6 +40,7 @@ from pipeline.vae.objective import (
     kl_to_standard_normal,
     log_uniform_prior,
     set_mean,
+    shared_noise,
 )
 
 
@@ -108,7 +109,8 @@ class SSHMVAE(SemiSupervisedVAE):
         """Appendix D: fill modality `missing` by alternating q(a|x,w) and p(x|a).
 
         Starts from noise drawn like the scaled features (standard normal for the Gaussian
-        likelihoods, uniform on [0, 1] for the Bernoulli one); each step samples a from
+        likelihoods, uniform on [0, 1] for the Bernoulli one), every draw shared by the rows
+        (`shared_noise`: a row's chain does not depend on the others); each step samples a from
         q(a|x,w) and sets the missing input to the mean of p(x|a) (`fill="mean"`) or to a
         draw from it (`fill="sample"`, as Appendix D writes it).
         """
@@ -116,10 +118,8 @@ class SSHMVAE(SemiSupervisedVAE):
             raise ValueError(f"fill: expected one of {', '.join(FILLS)}, got {fill!r}")
         given = next(iter(x.values()))
         shape = (given.shape[0], self.dims[missing])
-        if self.likelihood == "bernoulli":
-            value = torch.rand(shape, generator=generator, device=given.device)
-        else:
-            value = torch.randn(shape, generator=generator, device=given.device)
+        value = shared_noise(shape, generator, device=given.device,
+                             uniform=self.likelihood == "bernoulli")
         for _ in range(steps):
             q_a = self.q_a({**x, missing: value})
             a = draw(q_a, generator)
@@ -129,13 +129,15 @@ class SSHMVAE(SemiSupervisedVAE):
 
 
 def draw(dist: Independent, generator: torch.Generator | None) -> torch.Tensor:
-    """One sample of a Gaussian or Bernoulli head's output, from `generator`."""
+    """One sample of a Gaussian or Bernoulli head's output, from `generator`, with the noise
+    shared by the rows (`shared_noise`)."""
     base = dist.base_dist
     if isinstance(base, Normal):
-        noise = torch.randn(base.loc.shape, generator=generator, device=base.loc.device)
-        return base.loc + base.scale * noise
+        return base.loc + base.scale * shared_noise(base.loc.shape, generator,
+                                                    device=base.loc.device)
     probs = base.probs
-    return torch.bernoulli(probs, generator=generator)
+    uniform = shared_noise(probs.shape, generator, device=probs.device, uniform=True)
+    return (uniform < probs).to(probs.dtype)
 
 
 class SSHMVAEKL(SSHMVAE):

@@ -95,6 +95,16 @@ def set_mean(labelled: torch.Tensor, unlabelled: torch.Tensor, labelled_share: f
     return labelled_share * labelled.mean() + (1 - labelled_share) * unlabelled.mean()
 
 
+def shared_noise(shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None, *,
+                 device: torch.device, uniform: bool = False) -> torch.Tensor:
+    """Standard normal (or uniform on [0, 1)) noise of `shape` [N, ...] whose rows are one
+    draw shared by all N (common random numbers): a row's draws depend on the generator's
+    seed and on how many draws came before, never on the other rows of its batch, so a
+    frame's prediction depends only on that frame and the model (evaluate, predict)."""
+    sample = torch.rand if uniform else torch.randn
+    return sample(shape[1:], generator=generator, device=device).expand(shape)
+
+
 def class_log_probs(q_a: Independent, classifier: Callable[[torch.Tensor], torch.Tensor], *,
                     samples: int = 0, generator: torch.Generator | None = None
                     ) -> torch.Tensor:
@@ -108,7 +118,7 @@ def class_log_probs(q_a: Independent, classifier: Callable[[torch.Tensor], torch
     loc, scale = q_a.base_dist.loc, q_a.base_dist.scale
     probs = 0.0
     for _ in range(samples):
-        eps = torch.randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+        eps = shared_noise(loc.shape, generator, device=loc.device).to(loc.dtype)
         probs = probs + torch.softmax(classifier(loc + scale * eps), -1)
     return torch.log(probs / samples)
 

@@ -1,7 +1,9 @@
 """A trained model as `predict` needs it: `DIR/model.pt`, written by `train` when it ends.
 
 One file holds everything needed to classify new features the way `metrics.json` was
-computed: the weights, the feature scaling fitted on the training rows, the effective train
+computed: the weights, the feature scaling fitted on the training rows (with the dimensions
+constant on them and their values, which every row takes: `data.FeatureScaler`; a file
+written before that record loads with none, as it was evaluated), the effective train
 configuration (architecture, precision, iterative steps, seed), the categories and
 modalities, the model name, and the provenance of the features (the features file's
 attributes: trial, image size, the fine-tuned VGG16 checkpoints' sha256; and the
@@ -10,9 +12,10 @@ attributes: trial, image size, the fine-tuned VGG16 checkpoints' sha256; and the
 `load_trained` checks the format and rebuilds the model with today's code; a file of another
 format, or weights that no longer fit the code's model, is a `SavedModelError` naming the file.
 
-Model kinds: a file names its `kind`, and `KINDS` maps a kind to its loader, so a model that
-is not a torch module (co-training, label spreading) can save its own payload and register a
-loader returning an object with the `Classifier` interface below.
+Model kinds: a file names its `kind`, and `KINDS` maps a kind to its loader returning an object
+with the `Classifier` interface below. The classical models (co-training, label spreading)
+are refused with one line: their `model.pt` holds the rows each learnt from, not a fitted
+classifier, and label spreading labels only the rows of the graph it was built on.
 """
 
 from __future__ import annotations
@@ -27,13 +30,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.atomic import torch_save
-from pipeline.config import TrainConfig
-from pipeline.devices import autocast_dtype
+from pipeline.atomic import plain, torch_save
+from pipeline.config import CLASSICAL_MODELS, TrainConfig
 from pipeline.errors import UserError
 from pipeline.vae import MODELS, Evaluation, build_model
 from pipeline.vae.data import FeatureScaler, TrialData
-from pipeline.vae.evaluate import EVAL_BATCH, PredictOptions, predict
+from pipeline.vae.evaluate import EVAL_BATCH, predict
+from pipeline.vae.objective import labelled_share
 
 FORMAT = "ssmvae-model/1"
 TORCH_KIND = "torch"
@@ -41,6 +44,9 @@ TORCH_KIND = "torch"
 # classifier for those inputs first, then the unimodal encoder (SS-HMVAE-kl), iterative
 # sampling (SS-HMVAE), and zero-fill last (SS-MVAE has nothing else).
 PREFERENCE = ("joint", "unimodal", "iterative", "zero_fill")
+# the classical models' names (pipeline/classical, not imported: the train stages that save
+# a model would then depend on it)
+CLASSICAL = CLASSICAL_MODELS
 
 
 class SavedModelError(UserError):
@@ -57,10 +63,10 @@ class Classifier(Protocol):
 
     def evaluations(self) -> list[Evaluation]: ...
 
-    def classify(self, x: Mapping[str, np.ndarray], evaluation: Evaluation, *,
-                 start: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """(predicted class [N], class probabilities [N, K]) of raw fc1 features; `start`
-        is the rows' offset in the whole input, so that sampling matches one long call."""
+    def classify(self, x: Mapping[str, np.ndarray], evaluation: Evaluation
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """(predicted class [N], class probabilities [N, K]) of raw fc1 features; a row's
+        result depends on that row alone, however the rows are batched."""
         ...
 
 
@@ -108,7 +114,7 @@ def save_trained(path: Path, *, model: nn.Module, name: str, cfg: TrainConfig,
         "dims": dict(data.dims), "config": dataclasses.asdict(cfg),
         # eq. (4)'s weights, as experiment._build gave them (the loss only; kept so that the
         # rebuilt model is the trained one)
-        "labelled_share": len(data.labelled) / (len(data.labelled) + len(data.unlabelled)),
+        "labelled_share": labelled_share(len(data.labelled), len(data.unlabelled)),
         "scaler": _tensors(data.scaler.state()),
         "categories": list(data.categories), "modalities": list(data.modalities),
         "provenance": features_provenance(features, attrs),
@@ -120,16 +126,7 @@ def features_provenance(features: Path, attrs: Mapping[str, Any]) -> dict[str, A
     """The features file's path, attributes and (if present) `<stem>.config.json`."""
     config_file = features.with_name(f"{features.stem}.config.json")
     config = json.loads(config_file.read_text()) if config_file.is_file() else None
-    plain = json.loads(json.dumps(dict(attrs), default=_plain))
-    return {"features": str(features), "attrs": plain, "config": config}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode()
-    if hasattr(value, "tolist"):  # numpy scalars and arrays
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} in the features file's attributes")
+    return {"features": str(features), "attrs": plain(dict(attrs)), "config": config}
 
 
 def _tensors(value: Any) -> Any:
@@ -162,6 +159,11 @@ def load_trained(folder: str | Path, device: torch.device | None = None) -> Clas
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a file that is not ours
         raise SavedModelError(f"{path}: not a model file of the train stage ({err})") from err
+    if isinstance(state, dict) and state.get("model") in CLASSICAL:
+        raise SavedModelError(
+            f"{path}: {state['model']} is a classical model, which predict does not support: "
+            "its model.pt holds the rows it learnt from, not a classifier for new frames "
+            f"(predict takes {', '.join(MODELS)})")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise SavedModelError(f"{path}: format {found!r}, expected {FORMAT!r}; it was written "
@@ -191,18 +193,15 @@ class TorchClassifier:
     def evaluations(self) -> list[Evaluation]:
         return MODELS[self.name].evaluations(self.modalities)
 
-    def classify(self, x: Mapping[str, np.ndarray], evaluation: Evaluation, *,
-                 start: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """In blocks of `evaluate.EVAL_BATCH` rows seeded `seed + offset`, as `evaluate` does,
-        so that the rows of a test set give exactly the predictions behind `metrics.json`."""
+    def classify(self, x: Mapping[str, np.ndarray], evaluation: Evaluation
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """With the configured option (Table 1's number) and `evaluate`'s common random
+        numbers, so that the rows of a test set give the predictions behind `metrics.json`."""
         n = len(next(iter(x.values())))
-        options = PredictOptions.from_config(self.cfg)  # the options behind Table 1's number
         preds, probs = [], []
         for lo in range(0, n, EVAL_BATCH):
             block = self._tensors({m: v[lo:lo + EVAL_BATCH] for m, v in x.items()})
-            log_probs = predict(self.model, block, evaluation, self.scaler, options,
-                                seed=self.cfg.seed + start + lo,
-                                precision=autocast_dtype(self.cfg.precision))
+            log_probs = predict(self.model, block, evaluation, self.scaler, self.cfg)
             preds.append(log_probs.argmax(-1).cpu().numpy())
             probs.append(log_probs.float().exp().cpu().numpy())
         return np.concatenate(preds), np.concatenate(probs)
@@ -224,8 +223,9 @@ class TorchClassifier:
 def _load_torch(state: dict[str, Any], path: Path, device: torch.device) -> TorchClassifier:
     name = state.get("model")
     if name not in MODELS:
-        raise SavedModelError(f"{path}: model {name!r} is unknown to this code "
-                              f"(known: {', '.join(MODELS)})")
+        raise SavedModelError(f"{path}: model {name!r} is unknown to this code (predict "
+                              f"takes {', '.join(MODELS)}; not the classical "
+                              f"{', '.join(CLASSICAL)})")
     try:
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
         config = {k: v for k, v in state["config"].items() if k in fields}
