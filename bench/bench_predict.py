@@ -48,7 +48,7 @@ def build_project(root: Path, size: int, model: str, device: str) -> Path:
                      "checkpoint_every": 2, "device": device},
         "extract": {"device": device},
         "train": {"epochs": 1, "device": device},  # the paper's sizes: 1024-unit layers
-        "report": {}, "launch": {},
+        "classical": {}, "report": {}, "launch": {},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     os.chdir(root)

@@ -27,6 +27,8 @@ import re
 import sys
 from pathlib import Path
 
+from pipeline.atomic import write_text
+
 ROOT = Path(__file__).resolve().parents[1]  # the folder that holds `pipeline/`
 PACKAGE = "pipeline"
 REGISTRIES = {f"{PACKAGE}.vae": "MODELS"}  # module -> its dict of model name -> entry
@@ -181,7 +183,7 @@ def write_deps(dvc_yaml: Path) -> list[str]:
             continue
         out.append(line)
         i += 1
-    dvc_yaml.write_text("".join(out))
+    write_text(dvc_yaml, "".join(out))
     return changed
 
 

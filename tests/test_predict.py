@@ -53,7 +53,7 @@ TINY = {
     "extract": {"device": "cpu"},
     "train": {"epochs": 2, "hidden": 16, "a_dim": 8, "z_dim": 8, "iterative_steps": 3,
               "batch_size": 16, "labeled_batch_size": 8, "device": "cpu"},
-    "report": {}, "launch": {},
+    "classical": {}, "report": {}, "launch": {},
 }
 
 
@@ -335,9 +335,10 @@ def test_old_model_without_the_constant_dimensions_record_loads(project, tmp_pat
 @pytest.mark.parametrize("name", ["ss_hmvae_kl", "ss_hmvae"])
 def test_a_frames_prediction_does_not_depend_on_the_others(project, networks, name):
     """Monte-Carlo draws and iterative sampling's chain: a frame alone, beside others, in
-    another order or another batch size gets the same probabilities. Alone, up to float32
-    rounding (a product of one row may take another kernel than one of six: 1 ulp
-    measured); the draws' own effect was 0.2 points (0.938 alone, 0.936 beside another)."""
+    another order or another batch size gets the same probabilities. Alone, up to rounding
+    (a product of one row may take another kernel than one of six, and the hidden layers run
+    in bf16 autocast: up to 9e-6 relative measured); the draws' own effect was 2e-3 (0.938
+    alone, 0.936 beside another frame), 200 times the bound."""
     classifier = _predictor(project, networks, name).classifier
     assert classifier.cfg.prediction == "monte_carlo" and classifier.cfg.predict_samples > 1
     data = read_features(project / "data/features/trial-1.h5")
@@ -348,7 +349,7 @@ def test_a_frames_prediction_does_not_depend_on_the_others(project, networks, na
         np.testing.assert_array_equal(backwards[::-1], together, err_msg=str(evaluation))
         for i in (0, 5):
             _, alone = classifier.classify({m: v[i:i + 1] for m, v in x.items()}, evaluation)
-            np.testing.assert_allclose(alone[0], together[i], rtol=1e-6, atol=0,
+            np.testing.assert_allclose(alone[0], together[i], rtol=1e-5, atol=0,
                                        err_msg=str(evaluation))
 
 
