@@ -170,34 +170,36 @@ def bounded_images(full: Path, out: Path, rows: int, trial: int) -> None:
 
 def paper_features(images: Path, splits: Path, folder: Path) -> None:
     """10 trials' features files of the paper's shape: one row per frame, 4096 per modality,
-    ReLU'd class means plus noise (no VGG16 here), each with its trial's masks."""
+    ReLU'd class means plus noise (no VGG16 here), each with its trial's masks. Trial 1 is
+    written (and compressed) as the extract stage writes it; the others are copies of it
+    with their own masks (the same values: only their size on disk matters here)."""
+    import h5py
+
     from pipeline.store import FeaturesWriter, read_images_index, read_split
 
     index = read_images_index(images)
     n, classes = len(index), len(index.categories)
     rng = np.random.default_rng(0)
-    means = rng.normal(0, 1, (2, classes, DIM)).astype(np.float32)
+    means = rng.standard_normal((2, classes, DIM), dtype=np.float32)
     folder.mkdir(parents=True, exist_ok=True)
-    writers, masks = [], []
-    for t in range(1, TRIALS + 1):
+    first = read_split(splits, 1, index.frame)
+    with FeaturesWriter(folder / "trial-1.h5", n=n, dims={"rgb": DIM, "depth": DIM},
+                        categories=index.categories,
+                        attrs={"trial": 1, "rehearsal": "random features"}) as writer:
+        for a in range(0, n, 2048):
+            b = min(n, a + 2048)
+            label = index.label[a:b]
+            feats = {m: np.maximum(means[i][label] + rng.standard_normal(
+                (b - a, DIM), dtype=np.float32), 0) for i, m in enumerate(("rgb", "depth"))}
+            writer.write(a, features=feats, label=label, is_test=first.is_test[a:b],
+                         is_labeled=first.is_labeled[a:b], frame=index.frame[a:b])
+    for t in range(2, TRIALS + 1):
         split = read_split(splits, t, index.frame)
-        masks.append(split)
-        writers.append(FeaturesWriter(folder / f"trial-{t}.h5", n=n,
-                                      dims={"rgb": DIM, "depth": DIM},
-                                      categories=index.categories,
-                                      attrs={"trial": t, "rehearsal": "random features"}))
-    for w in writers:
-        w.__enter__()
-    for a in range(0, n, 2048):
-        b = min(n, a + 2048)
-        label = index.label[a:b]
-        feats = {m: np.maximum(means[i][label] + rng.normal(0, 1, (b - a, DIM)).astype(
-            np.float32), 0) for i, m in enumerate(("rgb", "depth"))}
-        for w, split in zip(writers, masks, strict=True):
-            w.write(a, features=feats, label=label, is_test=split.is_test[a:b],
-                    is_labeled=split.is_labeled[a:b], frame=index.frame[a:b])
-    for w in writers:
-        w.__exit__(None, None, None)
+        shutil.copy(folder / "trial-1.h5", folder / f"trial-{t}.h5")
+        with h5py.File(folder / f"trial-{t}.h5", "r+") as f:
+            f["is_test"][...] = split.is_test
+            f["is_labeled"][...] = split.is_labeled
+            f.attrs["trial"] = t
 
 
 # --------------------------------------------------------------------------- train probe
@@ -448,7 +450,10 @@ def print_table(results: dict) -> None:
     for name, r in results.items():
         cpu = f"{r['cpu_s']:.0f} s" if r.get("cpu_s") is not None else "-"
         rss = f"{r['peak_rss'] / 2**30:.2f} GiB" if r.get("peak_rss") else "-"
-        hours = f"{r['paper_h']:.1f} h" if r.get("paper_h") is not None else "-"
+        hours = "-"
+        if r.get("paper_h") is not None:
+            h = r["paper_h"]
+            hours = f"{h:,.0f} h" if h >= 10 else f"{h:.1f} h" if h >= 1 else f"{h * 60:.1f} min"
         status = "" if r.get("rc") == 0 else f" (exit {r.get('rc')})"
         print(f"| {name}{status} | {r['wall_s']:.0f} s | {cpu} | {rss} | "
               f"{r['bytes'] / 2**20:,.0f} MiB | {hours} | {r.get('note', '')} |")
