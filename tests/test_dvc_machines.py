@@ -19,6 +19,12 @@ restores both sets of runs from the shared run cache.
 
 The training stages of a trial are found by what they read (the trial's features file), so
 the test does not depend on stage names.
+
+DVC keeps no run cache for a stage with an output that is neither cached nor a metric or
+plot (`dvc/stage/__init__.py`, `Stage.run`: `no_cache_outs`), and `dvc push --run-cache`
+does not push a run's uncached plots, without which the run cannot be restored; so the
+training stages' outputs and plots must all be cached for their runs to travel.
+`cacheable` makes them so in the test's copy of dvc.yaml (a no-op once dvc.yaml says so).
 """
 
 from __future__ import annotations
@@ -27,11 +33,27 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.test_pipeline_e2e import BIN, _env, dvc, make_repo, ran_stages, run, tiny
 
 pytestmark = pytest.mark.slow
 MODELS = ["m2", "ss_hmvae"]
+
+
+def cacheable(repo: Path) -> None:
+    """Every output and plot of the stages that read features files: cached."""
+    path = repo / "dvc.yaml"
+    spec = yaml.safe_load(path.read_text())
+    for stage in spec["stages"].values():
+        body = stage.get("do", stage)
+        if any(str(d).startswith("data/features/") for d in body.get("deps", [])):
+            for key in ("outs", "plots", "metrics"):
+                for entry in body.get(key, []):
+                    if isinstance(entry, dict):
+                        for options in entry.values():
+                            options.pop("cache", None)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
 def small(params: dict) -> None:
@@ -71,6 +93,7 @@ def origin(tmp_path_factory) -> Path:
     DVC remote (a local folder next to it); made by machine A, kept as A's clone."""
     root = tmp_path_factory.mktemp("machines")
     seed = make_repo(root / "seed", small)
+    cacheable(seed)
     dvc(seed, "remote", "add", "-d", "shared", str(root / "remote"))
     run(seed, "git", "commit", "-qam", "the shared DVC remote")
     run(root, "git", "clone", "-q", "--bare", str(seed), str(root / "origin.git"))
