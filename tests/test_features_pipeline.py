@@ -6,6 +6,7 @@ image size, so each step costs about a second here) and shared by the tests.
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from pipeline import engine
 from pipeline.__main__ import main as cli
 from pipeline.config import ExtractConfig, FinetuneConfig
 from pipeline.errors import UserError
+from pipeline.features import extract as extract_module
 from pipeline.features import finetune as ft
 from pipeline.features.extract import ImageBlocks, _pipelined, extract_features
 from pipeline.features.vgg import MEAN, STD, load_vgg16, to_input
@@ -431,3 +433,24 @@ def test_out_naming_a_file_or_folder_in_the_way_is_one_line(data, tuned, tmp_pat
     expected = "is a folder; give a file path" if stage == "extract" else \
         "exists and is not a folder; give a folder path"
     assert err == f"error: --out {blocker}: {expected}\n"
+
+
+@pytest.mark.parametrize(("slow_s", "warned"), [(0.0, True), (1e9, False)])
+def test_a_long_extraction_says_so_after_its_first_batch(data, tuned, tmp_path, caplog,
+                                                         monkeypatch, slow_s, warned):
+    """On a CPU at the paper's size extraction takes hours per trial: one warning line with
+    the estimate, after the first batch, not after the hours."""
+    monkeypatch.setattr(extract_module, "SLOW_S", slow_s)
+    checkpoints = {m: tuned["models"] / f"trial-1-{m}" / "model.pt" for m in ("rgb", "depth")}
+    with caplog.at_level("WARNING", logger="pipeline.features.extract"):
+        extract_features(images=data["images"], splits=data["splits"], trial=1,
+                         checkpoints=checkpoints, out=tmp_path / "f.h5",
+                         config=ExtractConfig(batch_size=5, device="cpu", precision="fp32"))
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if warned:
+        assert len(lines) == 1, lines
+        assert re.fullmatch(r"extract trial 1 on cpu: about [\d.]+ h for 24 frames at "
+                            r"[\d.]+ frames/s \(the first 5\); a CUDA GPU takes minutes",
+                            lines[0]), lines
+    else:
+        assert lines == []

@@ -9,7 +9,7 @@ import pytest
 from pipeline.errors import UserError
 from pipeline.rgbd.layout import index_frames, parse_name, split_instance
 from pipeline.rgbd.splits import read_trials
-from pipeline.rgbd.synthetic import SyntheticSpec, generate
+from pipeline.rgbd.synthetic import CATEGORIES, SyntheticSpec, generate, paper_scale
 from tests.conftest import TINY
 
 
@@ -92,4 +92,36 @@ def test_same_seed_same_bytes_and_trials_format(tiny_archive, tmp_path):
 
 def test_spec_is_checked():
     with pytest.raises(UserError, match=r"download\.synthetic_categories"):
-        SyntheticSpec(categories=11).check()
+        SyntheticSpec(categories=len(CATEGORIES) + 1).check()
+
+
+def test_paper_scale_has_the_evaluation_subsets_counts():
+    spec = paper_scale()
+    spec.check()
+    counts = spec.instance_counts()
+    assert len(counts) == 51 and sum(counts) == 300 and min(counts) >= 3 and max(counts) <= 10
+    frames = spec.frame_counts()
+    assert len(frames) == 3 * 300 and sum(frames) == 41_877 and min(frames) >= 1
+    assert len(set(frames)) > 10  # videos of uneven length, as in the real set
+    assert len({c.name for c in CATEGORIES}) == len(CATEGORIES) >= 51
+    assert all(parse_name(f"{c.name}_1_1_1_crop.png").category == c.name for c in CATEGORIES)
+
+
+def test_zoomed_crops_spread_and_workers_give_the_same_bytes(tmp_path):
+    spec = SyntheticSpec(seed=5, categories=12, instances=2, frames=1, trials=2,
+                         total_instances=36, total_frames=120, zoom=(0.6, 3.0),
+                         pixel_mm=5.0)
+    generate(spec, tmp_path / "a.zip", tmp_path / "a.txt")
+    generate(spec, tmp_path / "b.zip", tmp_path / "b.txt", workers=2)
+    assert (tmp_path / "a.zip").read_bytes() == (tmp_path / "b.zip").read_bytes()
+    with zipfile.ZipFile(tmp_path / "a.zip") as zf:
+        names = zf.namelist()
+        sides = [max(cv2.imdecode(np.frombuffer(zf.read(n), np.uint8), -1).shape[:2])
+                 for n in names if n.endswith("_crop.png")]
+        depth = [cv2.imdecode(np.frombuffer(zf.read(n), np.uint8), -1)
+                 for n in names if n.endswith("_depthcrop.png")]
+    assert len(sides) == 120 and min(sides) < 80 and max(sides) > 200
+    assert all(d.dtype == np.uint16 and (d == 0).any() for d in depth)  # holes kept
+    trials = read_trials(tmp_path / "a.txt")
+    instances = {n.split("/")[2] for n in names if n.count("/") >= 3}
+    assert all(len(held) == 12 and set(held) <= instances for held in trials.values())

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -270,6 +271,19 @@ def _ready(start: int, stop: int, out: dict[str, torch.Tensor],
     return start, stop, {m: h.numpy() for m, h in out.items()}
 
 
+SLOW_S = 3600.0  # a stage expected to run longer than this says so at its start
+
+
+def warn_if_slow(what: str, done: int, total: int, seconds: float) -> None:
+    """After the first `done` of `total` items took `seconds`: one warning line with the
+    estimated time of the whole, when it exceeds an hour (extract on a CPU at the paper's
+    size: hours per trial, where a GPU takes minutes)."""
+    estimate = seconds * total / max(done, 1)
+    if estimate > SLOW_S:
+        log.warning("%s: about %.1f h for %d frames at %.1f frames/s (the first %d); a CUDA "
+                    "GPU takes minutes", what, estimate / 3600, total, done / seconds, done)
+
+
 def extract_features(*, images: str | Path, splits: str | Path, trial: int,
                      checkpoints: Mapping[str, str | Path], out: str | Path,
                      config: ExtractConfig) -> dict[str, Any]:
@@ -297,10 +311,14 @@ def extract_features(*, images: str | Path, splits: str | Path, trial: int,
     with FeaturesWriter(out, n=n, dims=dict.fromkeys(nets, vgg.FC1_DIM),
                         categories=index.categories, attrs=attrs) as writer, \
             tqdm(total=n, unit="frame", desc=f"extract trial {trial}", mininterval=1.0) as bar:
+        began = time.perf_counter()
         for start, stop, feats in features:
             writer.write(start, features=feats, label=index.label[start:stop],
                          is_test=split.is_test[start:stop],
                          is_labeled=split.is_labeled[start:stop], frame=index.frame[start:stop])
             bar.update(stop - start)
+            if start == 0:
+                warn_if_slow(f"extract trial {trial} on {device}", stop, n,
+                             time.perf_counter() - began)
     log.info("%s: %d frames, %s x %d features", out, n, "+".join(nets), vgg.FC1_DIM)
     return attrs

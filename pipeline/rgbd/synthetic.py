@@ -11,13 +11,19 @@ The categories are built so that neither modality alone settles the class: pairs
 shape and differ only in colour (depth cannot tell them apart), others share a colour and
 differ in shape (RGB sees only a silhouette and soft shading). Joint input should beat either
 modality alone, which is the effect the paper measures.
+
+At the evaluation subset's scale (`paper_scale`, for bench/rehearse_paper.py) the set has 51
+categories (the 10 above and 41 more shape and colour pairs), 300 instances (3 to 10 per
+category), 41,877 frames spread unevenly over the 900 videos, and crops zoomed per instance
+from a few dozen to a few hundred pixels a side, like the real crops.
 """
 
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from multiprocessing import Pool
 from pathlib import Path
 
 import cv2
@@ -55,6 +61,14 @@ CATEGORIES = (
     Category("water_bottle", "bottle", GREEN, (35, 100, 35)),
     Category("orange", "ellipsoid", (235, 125, 35), (45, 42, 45)),
 )
+# More categories for the paper's scale: every shape in every further colour, fixed dims.
+_MORE_COLOURS = {"red": RED, "green": GREEN, "yellow": YELLOW, "blue": BLUE,
+                 "purple": (120, 60, 160), "white": (225, 225, 215), "black": (45, 45, 50)}
+_SHAPE_DIMS = {"ellipsoid": (50, 45, 40), "cylinder": (35, 60, 35), "box": (60, 80, 35),
+               "slab": (60, 20, 45), "disc": (75, 10, 75), "bottle": (30, 90, 30)}
+CATEGORIES = (*CATEGORIES, *(
+    Category(f"{colour}_{shape}", shape, rgb, dims)
+    for shape, dims in _SHAPE_DIMS.items() for colour, rgb in _MORE_COLOURS.items()))
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,12 @@ class SyntheticSpec:
     instances: int = 3
     frames: int = 6  # per video
     trials: int = 10
+    # The evaluation subset's shape (`paper_scale`); the defaults keep the counts above.
+    total_instances: int = 0  # > 0: spread over the categories, 3 to 10 each
+    total_frames: int = 0  # > 0: spread over the videos (`frames` is then ignored)
+    zoom: tuple[float, float] = (1.0, 1.0)  # per-instance crop scale, log-uniform in range
+    # rendered pixel size (mm); coarser renders faster and is zoomed up to the same crop size
+    pixel_mm: float = PIXEL_MM
 
     def check(self) -> None:
         if not 2 <= self.categories <= len(CATEGORIES):
@@ -72,6 +92,50 @@ class SyntheticSpec:
         if self.instances < 2 or self.frames < 1 or self.trials < 1:
             raise UserError(f"synthetic set: expected >= 2 instances, >= 1 frame and trial, "
                             f"got {self.instances}, {self.frames}, {self.trials}")
+        if self.total_instances and not 3 * self.categories <= self.total_instances \
+                <= 10 * self.categories:
+            raise UserError(f"synthetic set: total_instances {self.total_instances} must lie "
+                            f"in 3..10 per category ({3 * self.categories}.."
+                            f"{10 * self.categories})")
+        videos = len(VIDEOS) * (self.total_instances or self.categories * self.instances)
+        if self.total_frames and self.total_frames < videos:
+            raise UserError(f"synthetic set: total_frames {self.total_frames} is fewer than "
+                            f"one per video ({videos})")
+
+    def instance_counts(self) -> list[int]:
+        """Instances of each category (in name order)."""
+        if not self.total_instances:
+            return [self.instances] * self.categories
+        rng = np.random.default_rng([self.seed, 11])
+        return _spread(rng, self.total_instances, self.categories, 3, 10)
+
+    def frame_counts(self) -> list[int]:
+        """Frames of each video, instance by instance in name order, videos 1, 2, 4."""
+        videos = len(VIDEOS) * sum(self.instance_counts())
+        if not self.total_frames:
+            return [self.frames] * videos
+        rng = np.random.default_rng([self.seed, 13])
+        mean = self.total_frames / videos
+        return _spread(rng, self.total_frames, videos, max(1, round(0.6 * mean)),
+                       max(1, round(1.4 * mean)))
+
+
+def paper_scale(seed: int = 0) -> SyntheticSpec:
+    """The evaluation subset's layout and size: 51 categories, 300 instances, 900 videos,
+    41,877 frames, crops of a few dozen to a few hundred pixels a side, 10 trials."""
+    return SyntheticSpec(seed=seed, categories=51, trials=10, total_instances=300,
+                         total_frames=41_877, zoom=(0.6, 3.0), pixel_mm=2 * PIXEL_MM)
+
+
+def _spread(rng: np.random.Generator, total: int, n: int, low: int, high: int) -> list[int]:
+    """`n` counts in [low, high] (widened if they cannot reach `total`) summing to `total`."""
+    low, high = min(low, total // n), max(high, -(-total // n))
+    counts = rng.integers(low, high + 1, n)
+    while (gap := total - int(counts.sum())) != 0:  # nudge random entries one at a time
+        room = np.flatnonzero(counts < high) if gap > 0 else np.flatnonzero(counts > low)
+        picks = rng.choice(room, size=min(abs(gap), room.size), replace=False)
+        counts[picks] += np.sign(gap)
+    return counts.tolist()
 
 
 # --------------------------------------------------------------------------- geometry
@@ -111,17 +175,24 @@ class _Instance:
     freq: float
     phase: float
     distance: float  # camera to object centre, mm
+    zoom: float = 1.0  # the crop's scale: pixels per PIXEL_MM pixel
+    pixel_mm: float = PIXEL_MM  # rendered pixel size
 
 
-def _instance(cat: Category, rng: np.random.Generator) -> _Instance:
+def _instance(cat: Category, rng: np.random.Generator,
+              zoom: tuple[float, float] = (1.0, 1.0), pixel_mm: float = PIXEL_MM) -> _Instance:
     # Sizes, proportions and textures vary per instance (a texture never names the category),
     # so RGB must rely on colour and outline, which same-coloured categories share in part.
     dims = np.asarray(cat.dims) * rng.uniform(0.8, 1.2) * rng.uniform(0.75, 1.25, 3)
     texture = str(rng.choice(TEXTURES))
     colour = np.clip(np.asarray(cat.colour) * rng.uniform(0.8, 1.15, 3) + rng.normal(0, 10, 3),
                      0, 255)
+    scale = 1.0
+    if zoom != (1.0, 1.0):  # drawn last: the default set's instances stay as they were
+        scale = float(np.exp(rng.uniform(np.log(zoom[0]), np.log(zoom[1]))))
     return _Instance(cat, dims, colour, texture, freq=rng.uniform(0.08, 0.16),
-                     phase=rng.uniform(0, 2 * np.pi), distance=rng.uniform(750.0, 1050.0))
+                     phase=rng.uniform(0, 2 * np.pi), distance=rng.uniform(750.0, 1050.0),
+                     zoom=scale, pixel_mm=pixel_mm)
 
 
 def _texture(inst: _Instance, q: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -144,8 +215,8 @@ def render(inst: _Instance, elevation_deg: float, angle: float,
     forward = np.array([0.0, -np.sin(e), -np.cos(e)])
     right, up = np.array([1.0, 0.0, 0.0]), np.array([0.0, np.cos(e), -np.sin(e)])
     centre = np.array([0.0, inst.dims[1], 0.0])  # the object stands on the table (y = 0)
-    half = int(np.ceil(1.1 * np.linalg.norm(inst.dims) / PIXEL_MM))
-    u = (np.arange(-half, half) + 0.5) * PIXEL_MM
+    half = int(np.ceil(1.1 * np.linalg.norm(inst.dims) / inst.pixel_mm))
+    u = (np.arange(-half, half) + 0.5) * inst.pixel_mm
     uu, vv = np.meshgrid(u, u)
     start = 400.0
     origin = (centre - start * forward + uu[..., None] * right - vv[..., None] * up)
@@ -201,7 +272,15 @@ def render(inst: _Instance, elevation_deg: float, angle: float,
     crop = (slice(top, bottom), slice(left, right_))
     rgb8 = np.clip(np.round(rgb), 0, 255).astype(np.uint8).reshape(n, n, 3)[crop]
     depth16 = np.clip(np.round(depth), 0, 65535).astype(np.uint16)[crop]
-    return rgb8, depth16, (mask2[crop] * 255).astype(np.uint8)
+    mask8 = (mask2[crop] * 255).astype(np.uint8)
+    zoom = inst.zoom * inst.pixel_mm / PIXEL_MM
+    if zoom != 1.0:  # a closer or farther camera; depth and mask keep their holes
+        h, w = mask8.shape
+        size = (max(8, round(w * zoom)), max(8, round(h * zoom)))
+        rgb8 = cv2.resize(rgb8, size, interpolation=cv2.INTER_LINEAR)
+        depth16 = cv2.resize(depth16, size, interpolation=cv2.INTER_NEAREST)
+        mask8 = cv2.resize(mask8, size, interpolation=cv2.INTER_NEAREST)
+    return rgb8, depth16, mask8
 
 
 def _kinect_holes(depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -236,52 +315,77 @@ def _add(zf: zipfile.ZipFile, name: str, data: bytes | None = None) -> None:
 
 
 def generate(spec: SyntheticSpec, archive: str | Path, trials_file: str | Path,
-             progress: Callable[[int], None] | None = None) -> None:
+             progress: Callable[[int], None] | None = None, workers: int = 1) -> None:
     """Write `archive` (zip, `rgbd-dataset_eval/<category>/...`) and `testinstance_ids.txt`.
 
-    The same spec gives the same bytes. Files are written under temporary names and renamed.
+    The same spec gives the same bytes, with any number of `workers` (processes rendering
+    instances; the archive is written in order by this one). Files are written under
+    temporary names and renamed. `progress` is called with 1 per instance written.
     """
     spec.check()
     archive, trials_file = Path(archive), Path(trials_file)
     archive.parent.mkdir(parents=True, exist_ok=True)
     tmp = archive.with_name(archive.name + ".tmp")
-    cats = CATEGORIES[:spec.categories]
+    cats = sorted(CATEGORIES[:spec.categories], key=lambda c: c.name)
+    counts = spec.instance_counts()
+    frames = iter(spec.frame_counts())
+    jobs = [(spec, cat, k, ci, [next(frames) for _ in VIDEOS])
+            for ci, cat in enumerate(cats) for k in range(1, counts[ci] + 1)]
     with zipfile.ZipFile(tmp, "w") as zf:
         _add(zf, f"{ARCHIVE_ROOT}/")
-        for ci, cat in enumerate(sorted(cats, key=lambda c: c.name)):
-            _add(zf, f"{ARCHIVE_ROOT}/{cat.name}/")
-            for k in range(1, spec.instances + 1):
-                _write_instance(zf, cat, k, spec, ci)
-                if progress is not None:
-                    progress(1)
+        written: set[str] = set()
+        for job, files in zip(jobs, _rendered(jobs, workers), strict=True):
+            cat = job[1]
+            if cat.name not in written:
+                _add(zf, f"{ARCHIVE_ROOT}/{cat.name}/")
+                written.add(cat.name)
+            for name, data in files:
+                _add(zf, name, data)
+            if progress is not None:
+                progress(1)
     tmp.replace(archive)
-    trials = _choose_trials(sorted(c.name for c in cats), spec)
+    trials = _choose_trials([c.name for c in cats], counts, spec)
     tmp_trials = trials_file.with_name(trials_file.name + ".tmp")
     tmp_trials.write_text(format_trials(trials))
     tmp_trials.replace(trials_file)
 
 
-def _write_instance(zf: zipfile.ZipFile, cat: Category, k: int, spec: SyntheticSpec,
-                    ci: int) -> None:
+def _rendered(jobs: list, workers: int) -> Iterator[list[tuple[str, bytes | None]]]:
+    if workers <= 1:
+        yield from (_instance_files(*job) for job in jobs)
+        return
+    with Pool(workers) as pool:
+        yield from pool.imap(_instance_files_of, jobs, chunksize=1)
+
+
+def _instance_files_of(job: tuple) -> list[tuple[str, bytes | None]]:
+    return _instance_files(*job)
+
+
+def _instance_files(spec: SyntheticSpec, cat: Category, k: int, ci: int,
+                    frames: list[int]) -> list[tuple[str, bytes | None]]:
+    """One instance's folder and files, (archive name, bytes; None for a folder)."""
     instance = f"{cat.name}_{k}"
     folder = f"{ARCHIVE_ROOT}/{cat.name}/{instance}"
-    _add(zf, folder + "/")
-    inst = _instance(cat, np.random.default_rng([spec.seed, ci, k]))
+    files: list[tuple[str, bytes | None]] = [(folder + "/", None)]
+    inst = _instance(cat, np.random.default_rng([spec.seed, ci, k]), spec.zoom, spec.pixel_mm)
     start = np.random.default_rng([spec.seed, ci, k, 99]).uniform(0, 2 * np.pi)
-    for video in VIDEOS:
-        for f in range(spec.frames):
+    for video, count in zip(VIDEOS, frames, strict=True):
+        for f in range(count):
             rng = np.random.default_rng([spec.seed, ci, k, video, f])
-            angle = start + 2 * np.pi * f / spec.frames + video * 0.3
+            angle = start + 2 * np.pi * f / count + video * 0.3
             rgb, depth, mask = render(inst, ELEVATION[video], angle, rng)
             stem = f"{folder}/{instance}_{video}_{1 + 5 * f}"  # every 5th frame, like _eval
-            _add(zf, f"{stem}_crop.png", _png(rgb))
-            _add(zf, f"{stem}_depthcrop.png", _png(depth))
-            _add(zf, f"{stem}_maskcrop.png", _png(mask))
             x, y = rng.integers(100, 400), rng.integers(80, 300)
-            _add(zf, f"{stem}_loc.txt", f"{x},{y}\n".encode())
+            files += [(f"{stem}_crop.png", _png(rgb)), (f"{stem}_depthcrop.png", _png(depth)),
+                      (f"{stem}_maskcrop.png", _png(mask)),
+                      (f"{stem}_loc.txt", f"{x},{y}\n".encode())]
+    return files
 
 
-def _choose_trials(categories: list[str], spec: SyntheticSpec) -> dict[int, list[str]]:
+def _choose_trials(categories: list[str], counts: list[int],
+                   spec: SyntheticSpec) -> dict[int, list[str]]:
     rng = np.random.default_rng([spec.seed, 7])
-    return {t: [f"{c}_{int(rng.integers(1, spec.instances + 1))}" for c in categories]
+    return {t: [f"{c}_{int(rng.integers(1, n + 1))}" for c, n in zip(categories, counts,
+                                                                       strict=True)]
             for t in range(1, spec.trials + 1)}
