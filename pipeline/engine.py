@@ -40,6 +40,7 @@ from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
 SAVE_BUDGET = 0.05  # the largest share of training time checkpoints may take
+SLOW_HOURS = 1.0  # a CPU run estimated longer than this says so after its first epoch
 
 
 class NonFiniteLossError(UserError):
@@ -159,7 +160,10 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer,
                initial=start, total=epochs, leave=False, unit="epoch")
     with contextlib.closing(bar), _closing(live):
         for epoch in bar:
+            began = time.perf_counter()
             means = run_epoch(epoch)
+            if epoch == start and not cuda and world.is_main:
+                _warn_if_slow(desc, time.perf_counter() - began, epochs - start - 1)
             _check_finite(epoch, means, hint)
             history.append(means)
             bar.set_postfix(loss=f"{means['loss']:.4g}")
@@ -186,6 +190,15 @@ def _closing(live: Curves | None) -> Iterator[None]:
     finally:
         if live is not None:
             live.close()
+
+
+def _warn_if_slow(desc: str, seconds: float, left: int) -> None:
+    """One line, after the first epoch, when a CPU run will take hours (issue: say so early,
+    not after hours; docs/scale.md has the measured sizes)."""
+    hours = seconds * left / 3600
+    if hours > SLOW_HOURS:
+        log.warning("%s on the CPU: about %.1f h for the %d epochs left (%.0f s for the first); "
+                    "a GPU is advised (docs/scale.md)", desc, hours, left, seconds)
 
 
 def _check_finite(epoch: int, means: dict[str, float], hint: str) -> None:

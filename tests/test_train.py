@@ -131,6 +131,32 @@ def test_checkpoints_cost_at_most_their_share_of_training_time(tmp_path, monkeyp
     assert not checkpoint.due(10, 10)  # never after the last epoch
 
 
+def test_a_cpu_run_of_hours_says_so_after_its_first_epoch(tmp_path, monkeypatch, caplog):
+    """One warning with the estimate, after the first epoch, only when the rest takes hours."""
+    from torch import nn
+
+    from pipeline import engine
+
+    clock = [0.0]
+    monkeypatch.setattr("pipeline.engine.time.perf_counter", lambda: clock[0])
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.Adam(model.parameters())
+
+    def epoch_of(seconds: float):
+        def run_epoch(epoch: int) -> dict[str, float]:
+            clock[0] += seconds
+            return {"loss": 1.0}
+        return run_epoch
+
+    caplog.set_level("WARNING")
+    engine.train(model, optimizer, epoch_of(10.0), epochs=200, desc="train m2", progress=False)
+    assert caplog.text == ""  # 199 x 10 s: 33 minutes
+    engine.train(model, optimizer, epoch_of(60.0), epochs=200, desc="train m2", progress=False)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == ["train m2 on the CPU: about 3.3 h for the 199 epochs left (60 s for "
+                        "the first); a GPU is advised (docs/scale.md)"]
+
+
 def test_checkpoint_of_other_parameters_is_not_resumed(digits_file, tmp_path):
     out = tmp_path / "run"
     first = train_and_evaluate(digits_file, "mlp", tiny_config(), out, progress=False, live=False)

@@ -65,7 +65,7 @@ def train_and_evaluate(features: Path, model_name: str, cfg: TrainConfig, out: P
     checkpoint = Checkpoint(out / "checkpoint.pt", _fingerprint(features, model_name, cfg))
     history = fit(model, data, cfg, checkpoint=checkpoint,
                   curves=out / "dvclive" if live else None, evaluate=curve_accuracy,
-                  progress=progress, world=world)
+                  progress=progress, world=world, desc=f"train {model_name}")
     metrics = _metrics(model, data, data_file, features, model_name, cfg, evaluations, history)
     if world.is_main:
         save_trained(out / "model.pt", model=model, name=model_name, cfg=cfg, data=data,

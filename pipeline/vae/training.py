@@ -119,7 +119,7 @@ def train_step(loss_fn: nn.Module, optimizer: torch.optim.Optimizer, labelled: B
 def fit(model: nn.Module, data: TrialData, cfg: TrainConfig, *,
         checkpoint: engine.Checkpoint | None = None, curves: Path | None = None,
         evaluate: Callable[[], dict[str, float]] | None = None, progress: bool = True,
-        world: World = SINGLE) -> list[dict[str, float]]:
+        world: World = SINGLE, desc: str = "train") -> list[dict[str, float]]:
     """Train `model` in place for `cfg.epochs` (resuming from `checkpoint` when it belongs to
     this run); return per-epoch mean loss terms. `curves`, `evaluate`: `engine.train`'s.
 
@@ -179,7 +179,7 @@ def fit(model: nn.Module, data: TrialData, cfg: TrainConfig, *,
     with unchecked_distributions():
         return engine.train(model, optimizer, run_epoch, epochs=cfg.epochs,
                             checkpoint=checkpoint, rng=rng, curves=curves, evaluate=evaluate,
-                            hint=HINT, progress=progress, world=world)
+                            hint=HINT, desc=desc, progress=progress, world=world)
 
 
 def _epoch_means(sums: dict[str, torch.Tensor], steps: int, world: World) -> dict[str, float]:
