@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import device_name, matmul_peak, print_table, sync
 from pipeline.config import FinetuneConfig
-from pipeline.devices import resolve_device
+from pipeline.devices import autocast_dtype, resolve_device
 from pipeline.features import finetune as ft
 from pipeline.features import vgg
 from pipeline.features.extract import auto_batch_size, auto_workers, iter_features
@@ -104,7 +104,7 @@ def extract_optimised(images: Path, model: nn.Module, *, frames: int, args: argp
     if args.compile:
         net = torch.compile(net)
     nets = dict.fromkeys(MODALITIES, net)  # one network twice: the speed is the same
-    dtype = vgg.autocast_dtype(args.precision, device)
+    dtype = autocast_dtype(args.precision, device)
     for start, stop, _ in iter_features(images, nets, n=frames, image_size=args.size,
                                         batch_size=args.batch, workers=args.workers,
                                         device=device, dtype=dtype):
@@ -183,7 +183,7 @@ def main() -> None:
     args.steps = args.steps or (20 if cuda else 2)
     args.workers = auto_workers(device) if args.workers is None else args.workers
 
-    bf16 = vgg.autocast_dtype(args.precision, device) is not None
+    bf16 = autocast_dtype(args.precision, device) is not None
     peak_dtype = torch.bfloat16 if bf16 else torch.float32
     peak = matmul_peak(device, peak_dtype, reps=10 if cuda else 3, warmup=2 if cuda else 1)
     precision = "bf16 autocast" if bf16 else "fp32"

@@ -33,8 +33,8 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline import atomic
+from pipeline.devices import autocast_dtype
 from pipeline.errors import UserError
-from pipeline.features import vgg
 from pipeline.features.extract import CheckpointError, features_of, load_checkpoint
 from pipeline.images import FrameError, process_file
 from pipeline.rgbd.layout import parse_name
@@ -170,7 +170,7 @@ def load_predictor(model_dir: str | Path, modalities: Sequence[str], *,
     nets = {m: _vgg16(model_dir, classifier, attrs, m, vgg16_dir, device) for m in modalities}
     size = int((config.get("preprocess") or {}).get("size", attrs["image_size"]))
     return Predictor(classifier, nets, size, int(attrs["image_size"]), device,
-                     vgg.autocast_dtype("auto", device))
+                     autocast_dtype("auto", device))
 
 
 def _vgg16(model_dir: Path, classifier: Classifier, attrs: dict[str, Any], modality: str,

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.devices import autocast_dtype
 from pipeline.features import vgg
 from pipeline.features.extract import features_of, iter_features
 from pipeline.store import ImagesWriter, read_features, write_features
@@ -33,8 +34,8 @@ def digits(tmp_path_factory):
 
 
 def test_autocast_is_bf16_on_cuda_and_features_match_fp32():
-    assert vgg.autocast_dtype("auto", CUDA) is torch.bfloat16
-    assert vgg.autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("auto", CUDA) is torch.bfloat16
+    assert autocast_dtype("auto", torch.device("cpu")) is None
     torch.manual_seed(0)
     model = tiny_vgg16(num_classes=5).eval()
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)

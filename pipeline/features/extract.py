@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from pipeline.config import ExtractConfig
-from pipeline.devices import resolve_device
+from pipeline.devices import autocast_dtype, resolve_device
+from pipeline.digest import file_sha256
 from pipeline.errors import UserError
 from pipeline.features import vgg
 from pipeline.store import FeaturesWriter, StoreError, TrialSplit, read_images_index, read_split
@@ -70,7 +71,7 @@ def load_checkpoint(path: str | Path, *, trial: int, modality: str,
         model = vgg.load_vgg16(len(categories), weights)
     except RuntimeError as err:  # missing keys or wrong shapes
         raise CheckpointError(f"{path}: does not hold VGG16 weights ({err})") from err
-    return model.eval(), meta, vgg.sha256_file(path)
+    return model.eval(), meta, file_sha256(path)
 
 
 def _provenance(metas: Mapping[str, dict[str, Any]], hashes: Mapping[str, str],
@@ -88,7 +89,7 @@ def _provenance(metas: Mapping[str, dict[str, Any]], hashes: Mapping[str, str],
              "labeled_fraction": float(split.is_labeled[train].mean()) if train.any() else 0.0,
              "finetune_epochs": first["epochs"], "normalization_mean": list(vgg.MEAN),
              "normalization_std": list(vgg.STD),
-             "precision": "bf16" if vgg.autocast_dtype(config.precision, device) else "fp32"}
+             "precision": "bf16" if autocast_dtype(config.precision, device) else "fp32"}
     attrs.update({f"checkpoint_sha256_{m}": h for m, h in hashes.items()})
     return attrs
 
@@ -289,7 +290,7 @@ def extract_features(*, images: str | Path, splits: str | Path, trial: int,
                      config: ExtractConfig) -> dict[str, Any]:
     """Write `out` for every frame of `trial`; return its provenance attributes."""
     device = resolve_device(config.device)
-    dtype = vgg.autocast_dtype(config.precision, device)
+    dtype = autocast_dtype(config.precision, device)
     batch_size = config.batch_size or auto_batch_size(device)
     workers = auto_workers(device) if config.workers < 0 else config.workers
     index = read_images_index(images)

@@ -18,7 +18,6 @@ which keeps fc1's 25088 inputs and so the ImageNet weights usable.
 from __future__ import annotations
 
 import functools
-import hashlib
 import urllib.error
 import urllib.parse
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import VGG16_Weights, vgg16
 
+from pipeline.digest import file_sha256
 from pipeline.errors import UserError
 
 IMAGENET = VGG16_Weights.IMAGENET1K_V1
@@ -54,14 +54,6 @@ class WeightsInfo:
     sha256: str  # of the weights file; "" for random initialisation
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _hash_ok(actual: str, expected: str) -> bool:
     return expected == "" or actual.startswith(expected.lower())
 
@@ -71,7 +63,7 @@ def fetch_imagenet(url: str, sha256: str, cache_dir: str | Path) -> Path:
     cache_dir = Path(cache_dir)
     name = Path(urllib.parse.urlparse(url).path).name or "vgg16.pth"
     path = cache_dir / name
-    if path.is_file() and _hash_ok(sha256_file(path), sha256):
+    if path.is_file() and _hash_ok(file_sha256(path), sha256):
         return path
     path.unlink(missing_ok=True)  # absent or corrupt: fetch a fresh copy
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +73,7 @@ def fetch_imagenet(url: str, sha256: str, cache_dir: str | Path) -> Path:
     except (urllib.error.URLError, OSError, ValueError) as err:
         raise WeightsError(f"finetune.weights_url {url}: download failed ({err}); on a machine "
                            "without network set finetune.weights to a local copy") from err
-    actual = sha256_file(path)
+    actual = file_sha256(path)
     if not _hash_ok(actual, sha256):
         path.unlink(missing_ok=True)
         raise WeightsError(f"finetune.weights_url {url}: downloaded file has sha256 {actual}, "
@@ -103,7 +95,7 @@ def initial_weights(weights: str, *, url: str, sha256: str,
             raise WeightsError(f"finetune.weights: file {path} not found (expected 'imagenet', "
                                "'none' or a path to a VGG16 state dict)")
         identity = f"file:{path.name}"
-    actual = sha256_file(path)
+    actual = file_sha256(path)
     if not _hash_ok(actual, sha256):
         raise WeightsError(f"finetune.weights {path}: sha256 {actual} does not match "
                            f"finetune.weights_sha256 {sha256!r} (set it to '' to skip the check)")
@@ -150,13 +142,6 @@ def load_vgg16(num_classes: int, weights: dict[str, torch.Tensor]) -> nn.Module:
     weights = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
     model.load_state_dict(weights, assign=True)
     return model
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA by default; fp32 on CPU unless bf16 is asked for explicitly."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
 
 
 @functools.cache
