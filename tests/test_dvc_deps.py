@@ -141,3 +141,13 @@ def test_check_and_write_tools_name_and_fix_wrong_deps(tmp_path, capsys):
     text = dvc_yaml.read_text()
     assert "# kept" in text and "      - data/x\n" in text and "pipeline/vae/b.py" not in text
     assert main(["--dvc-yaml", str(dvc_yaml)]) == 0
+
+
+def test_inference_runs_no_training_code_and_the_report_no_model_code():
+    """docs/architecture.md: `predict` (evaluate, saved) imports nothing from training, the
+    report nothing of the models."""
+    training = {"pipeline/engine.py", "pipeline/vae/training.py", "pipeline/vae/experiment.py"}
+    assert training.isdisjoint(closure("predict")), sorted(training & set(closure("predict")))
+    models = [p for p in closure("report") if p.startswith(("pipeline/vae/",
+                                                            "pipeline/classical/"))]
+    assert models == []
