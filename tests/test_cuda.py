@@ -16,7 +16,7 @@ from pipeline.features.extract import features_of, iter_features
 from pipeline.store import ImagesWriter, read_features, write_features
 from pipeline.vae import build_model
 from pipeline.vae.data import prepare
-from pipeline.vae.training import FitSettings, fit, make_optimizer
+from pipeline.vae.training import fit, make_optimizer
 from tests.digits import digits_views
 from tests.test_train import tiny_config
 from tests.tiny_vgg_stage import tiny_vgg16
@@ -58,12 +58,12 @@ def test_training_on_cuda_lands_where_the_cpu_does(digits, compiled):
     losses = {}
     for device in (torch.device("cpu"), CUDA):
         data = prepare(digits, "gaussian", device)
+        cfg = tiny_config(epochs=2, lr=1e-3, batch_size=128, labeled_batch_size=32, seed=1,
+                          precision="bf16",
+                          compile="always" if compiled and device.type == "cuda" else "never")
         torch.manual_seed(0)
-        model = build_model("ss_mvae", data.dims, 10, tiny_config()).to(device)
-        settings = FitSettings(epochs=2, lr=1e-3, batch_size=128, labeled_batch_size=32,
-                               seed=1, precision="bf16",
-                               compile=compiled and device.type == "cuda")
-        history = fit(model, data, settings, progress=False)
+        model = build_model("ss_mvae", data.dims, 10, cfg).to(device)
+        history = fit(model, data, cfg, progress=False)
         assert next(model.parameters()).device.type == device.type
         losses[device.type] = history[-1]["loss"]
     assert np.isfinite(losses["cuda"])
