@@ -4,6 +4,7 @@ The fine-tuned checkpoints are made once per module (VGG16 keeps its 138M parame
 image size, so each step costs about a second here) and shared by the tests.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -96,6 +97,24 @@ def tuned(data):
                 "--out", str(models / "trial-1-depth")])
     assert code == 0
     return {"models": models, "metrics": metrics, "params": params}
+
+
+def test_finetune_of_zero_epochs_writes_its_seeded_initial_network(data, tmp_path):
+    """finetune.epochs: 0 (features of the initial network, e.g. ImageNet's as they are):
+    no epoch, so no training loss; the same network every time (it failed with an
+    IndexError once)."""
+    config = dataclasses.replace(CONFIG, epochs=0)
+    metrics = ft.finetune(images=data["images"], splits=data["splits"], trial=1,
+                          modality="rgb", out=tmp_path / "zero", config=config,
+                          cache_dir=data["root"] / "cache")
+    assert metrics["epochs"] == 0 and not any(k.startswith("train_") for k in metrics)
+    saved = torch.load(tmp_path / "zero" / "model.pt", weights_only=True)["state_dict"]
+    again = ft.finetune(images=data["images"], splits=data["splits"], trial=1,
+                        modality="rgb", out=tmp_path / "zero-again", config=config,
+                        cache_dir=data["root"] / "cache")
+    assert again == metrics
+    twice = torch.load(tmp_path / "zero-again" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[k], twice[k]) for k in saved)
 
 
 def test_finetune_writes_checkpoint_and_metrics(tuned):

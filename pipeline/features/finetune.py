@@ -259,7 +259,9 @@ def finetune(*, images: str | Path, splits: str | Path, trial: int, modality: st
         accuracy = evaluate(model, f, modality, split.is_test, index.label,
                             image_size=config.image_size, batch_size=config.batch_size,
                             device=device, precision=config.precision)
-    return _finish(model, out, settings, config, split, history[-1], accuracy, device)
+    # finetune.epochs: 0 keeps the initial weights (no epoch, no training loss)
+    last = history[-1] if history else {}
+    return _finish(model, out, settings, config, split, last, accuracy, device)
 
 
 def _finish(model: nn.Module, out: Path, settings: dict[str, Any], config: FinetuneConfig,
