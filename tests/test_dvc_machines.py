@@ -106,6 +106,16 @@ def origin(tmp_path_factory) -> Path:
     return root / "origin.git"
 
 
+def run_folder(stage: str) -> tuple[str, str]:
+    """(its metrics.json, its trial) of a training stage: `train_<model>@<trial>` or
+    `classical@<model>-<trial>`."""
+    name, item = stage.split("@")
+    if name == "classical":
+        model, trial = item.rsplit("-", 1)
+        return f"models/classical/{model}/trial-{trial}/metrics.json", trial
+    return f"models/vae/{name.removeprefix('train_')}/trial-{item}/metrics.json", item
+
+
 def test_two_machines_train_disjoint_trials_and_a_third_only_reports(origin):
     root = origin.parent
     a = root / "a"
@@ -134,9 +144,8 @@ def test_two_machines_train_disjoint_trials_and_a_third_only_reports(origin):
     assert restored == trained, proc.stdout
     assert "Data and pipelines are up to date." in dvc(c, "status", *trained, "report").stdout
     for stage in trained:  # each run's results are those its machine computed
-        model, trial = stage.split("@")[1].rsplit("-", 1)
+        path, trial = run_folder(stage)
         machine = a if trial == "1" else b
-        path = f"models/vae/{model}/trial-{trial}/metrics.json"
         assert (c / path).read_bytes() == (machine / path).read_bytes(), path
     assert (c / "reports/table1.md").is_file()
 
@@ -162,6 +171,5 @@ def test_two_processes_on_one_machine_share_a_cache(origin):
     proc = dvc(clones[0], "repro", "--allow-missing")
     assert ran_stages(proc.stdout) == {"report"}, proc.stdout
     for stage in targets[1]:  # trial 2's results: those the other process computed
-        model = stage.split("@")[1].rsplit("-", 1)[0]
-        path = f"models/vae/{model}/trial-2/metrics.json"
+        path, _ = run_folder(stage)
         assert (clones[0] / path).read_bytes() == (clones[1] / path).read_bytes(), path

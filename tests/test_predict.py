@@ -355,8 +355,9 @@ def test_a_frames_prediction_does_not_depend_on_the_others(project, networks, na
 
 def test_frames_in_any_batch_size_get_the_same_prediction(project, networks):
     """Through VGG16 and iterative sampling, in batches of 1 and (reversed) of 3: the same
-    categories, probabilities equal up to float32 rounding carried through the chain
-    (3e-6 measured; the draws' own effect is about 2e-3)."""
+    categories, probabilities equal up to float32 rounding carried through the chain (3e-6
+    measured on one thread, 3.3e-5 on two, whose kernels block a batch otherwise; the
+    draws' own effect is about 2e-3, 20 times the bound)."""
     folder, _ = _test_frames(project)
     predictor = _predictor(project, networks, "ss_hmvae")
     frames, _ = collect(folder, None)
@@ -366,7 +367,7 @@ def test_frames_in_any_batch_size_get_the_same_prediction(project, networks):
     many = predict_frames(predictor, frames[:5][::-1], evaluation, batch_size=3)[0]
     assert [[c for c, _ in p.top] for p in one] == [[c for c, _ in p.top] for p in many[::-1]]
     np.testing.assert_allclose([[q for _, q in p.top] for p in one],
-                               [[q for _, q in p.top] for p in many[::-1]], rtol=0, atol=2e-5)
+                               [[q for _, q in p.top] for p in many[::-1]], rtol=0, atol=1e-4)
 
 
 def test_missing_or_other_vgg16_checkpoint_is_a_clear_error(project, tmp_path, real_frames):
