@@ -174,9 +174,9 @@ MUTATIONS = [
         "co-training: one fewer per category after the first round"),
     Mutation(
         "cotrain-quota-second-view", "pipeline/classical/cotrain.py",
-        "picked = {v: _select(clfs[v], unlabelled[v][rows], n_classes, quota, settings, r)",
-        "picked = {v: _select(clfs[v], unlabelled[v][rows], n_classes, "
-        "quota - (v == views[1]), settings, r)",
+        "picked = {v: _select(result.classifiers[v], unlabelled[v][rows], n_classes, quota,",
+        "picked = {v: _select(result.classifiers[v], unlabelled[v][rows], n_classes, "
+        "quota - (v == views[1]),",
         (COTRAIN + "test_quota_per_category_view_and_round",),
         "co-training: the second view hands over one fewer per category"),
     Mutation(
