@@ -42,8 +42,7 @@ def _joint(modalities: list[str]) -> list[Evaluation]:
 class ModelSpec:
     build: Callable[[dict[str, int], int, TrainConfig, ObjectiveConfig], nn.Module]
     evaluations: Callable[[list[str]], list[Evaluation]]
-    multimodal: bool  # needs two or more modalities
-    title: str  # the row name in Table 1
+    multimodal: bool  # needs two or more modalities (titles: pipeline/titles.py)
 
 
 def _objective(cfg: TrainConfig, labelled_share: float) -> ObjectiveConfig:
@@ -68,31 +67,31 @@ MODELS: dict[str, ModelSpec] = {
         build=lambda dims, k, cfg, obj: PerModality(
             dims, lambda d: _without_a(MVAE)(d, k, cfg, obj)),
         evaluations=lambda ms: _each_alone(ms, "joint", True),
-        multimodal=False, title="M2 (Kingma et al., 2014)"),
+        multimodal=False),
     "sdgm": ModelSpec(
         build=lambda dims, k, cfg, obj: PerModality(
             dims, lambda d: _with_a(SDGM)(d, k, cfg, obj)),
         evaluations=lambda ms: _each_alone(ms, "joint", True),
-        multimodal=False, title="SDGM (Maaløe et al., 2016)"),
+        multimodal=False),
     "ss_mvae": ModelSpec(
         build=_without_a(MVAE),
         evaluations=lambda ms: _joint(ms) + _each_alone(ms, "zero_fill", True),
-        multimodal=True, title="SS-MVAE"),
+        multimodal=True),
     "ss_hmvae": ModelSpec(
         build=_with_a(SSHMVAE),
         evaluations=lambda ms: (_joint(ms) + _each_alone(ms, "zero_fill", True)
                                 + _each_alone(ms, "iterative", False)),
-        multimodal=True, title="SS-HMVAE"),
+        multimodal=True),
     "ss_hmvae_kl": ModelSpec(
         build=_with_a(SSHMVAEKL),
         evaluations=lambda ms: (_joint(ms) + _each_alone(ms, "unimodal", True)
                                 + _each_alone(ms, "zero_fill", False)),
-        multimodal=True, title="SS-HMVAE-kl"),
+        multimodal=True),
     "mlp": ModelSpec(
         build=lambda dims, k, cfg, obj: LabelledOnly(dims, k, hidden=cfg.hidden,
                                                      dropout=cfg.dropout),
         evaluations=lambda ms: _each_alone(ms, "joint", True) + _joint(ms),
-        multimodal=False, title="MLP, labelled only (baseline)"),
+        multimodal=False),
 }
 
 
