@@ -111,10 +111,11 @@ def closure(stage: str, root: Path = ROOT, *, model: str | None = None) -> list[
     return sorted(path.relative_to(root).as_posix() for path in seen.values())
 
 
-def code_digest(stage: str, root: Path = ROOT) -> str:
-    """sha256 over the stage's closure: each file's path and bytes."""
+def code_digest(stage: str, root: Path = ROOT, *, model: str | None = None) -> str:
+    """sha256 over the stage's closure (for `model`: that model's, as its dvc.yaml deps):
+    each file's path and bytes."""
     digest = hashlib.sha256()
-    for name in closure(stage, root):
+    for name in closure(stage, root, model=model):
         digest.update(name.encode() + b"\0")
         digest.update((root / name).read_bytes())
     return digest.hexdigest()

@@ -20,3 +20,19 @@ def test_checkpoint_of_other_code_is_discarded(tmp_path, capsys):
     code_stamp(out, "run", ["checkpoint.pt"], root=root)
     assert not (out / "checkpoint.pt").exists()
     assert "written by other code" in capsys.readouterr().err
+
+
+def test_a_train_checkpoint_is_stamped_with_its_own_models_code(tmp_path):
+    """As the per-model train stages' deps: editing SDGM's file leaves an SS-HMVAE-kl
+    checkpoint resumable, and SDGM's not."""
+    import shutil
+
+    from pipeline.imports import ROOT, code_digest
+
+    shutil.copytree(ROOT / "pipeline", tmp_path / "pipeline",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    before = {m: code_digest("train", tmp_path, model=m) for m in ("ss_hmvae_kl", "sdgm")}
+    with (tmp_path / "pipeline/vae/sdgm.py").open("a") as f:
+        f.write("# an edit\n")
+    assert code_digest("train", tmp_path, model="ss_hmvae_kl") == before["ss_hmvae_kl"]
+    assert code_digest("train", tmp_path, model="sdgm") != before["sdgm"]

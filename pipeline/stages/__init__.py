@@ -15,7 +15,7 @@ from pathlib import Path
 from pipeline.atomic import write_text
 from pipeline.config import Config, load_config
 from pipeline.errors import UserError
-from pipeline.imports import code_digest
+from pipeline.imports import ROOT, code_digest
 
 # name -> (module, one-line summary); modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -73,20 +73,21 @@ def out_file(path: str | Path, flag: str = "--out") -> Path:
 
 
 def code_stamp(out: Path, stage: str, resumable: Sequence[str], *,
-               root: Path | None = None) -> None:
+               root: Path | None = None, model: str | None = None) -> None:
     """Let a checkpoint in `out` be resumed only by the code that wrote it.
 
     DVC keeps `persist: true` outputs when it re-runs a stage, also when the re-run is due to
     changed code; the checkpoints' own fingerprints cover parameters and data, not code. So
     `out/code.sha256` records the hash of the stage's source files (its import closure,
-    `pipeline.imports`: the files its dvc.yaml deps cover), and the files `resumable` are
+    `pipeline.imports`, for `model` that model's: the files its dvc.yaml deps list), and the
+    files `resumable` are
     deleted when it differs. Call it before the work (a missing `out` is left alone, so bad
     input still writes nothing) and after it; a run killed before its first stamp resumes.
     """
     if not out.is_dir():
         return
     stamp = out / "code.sha256"
-    current = code_digest(stage) if root is None else code_digest(stage, root)
+    current = code_digest(stage, root or ROOT, model=model)
     if stamp.is_file() and stamp.read_text().strip() != current:
         for name in resumable:
             target = out / name

@@ -11,7 +11,7 @@ from pipeline import distributed
 from pipeline.devices import resolve_device
 from pipeline.stages import code_stamp, load, out_folder, run_stage, stage_parser
 from pipeline.vae import MODELS
-from pipeline.vae.experiment import train_and_evaluate
+from pipeline.vae.experiment import model_spec, train_and_evaluate
 
 
 def main(argv: list[str]) -> int:
@@ -23,6 +23,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int | None:
+        model_spec(args.model)  # a bad name is one line, before any file is touched
         out_folder(args.out)
         config = load(args)
         world = distributed.world_from_env()
@@ -31,12 +32,12 @@ def main(argv: list[str]) -> int:
             return relaunched
         device = distributed.init(world, resolve_device(config.train.device),
                                   config.launch.backend)
-        _stamp(args.out, world)
+        _stamp(args.out, args.model, world)
         distributed.barrier(world)  # no process reads a checkpoint the stamp deletes
         metrics = train_and_evaluate(args.features, args.model, config.train, args.out,
                                      progress=not args.no_progress, world=world,
                                      device=device)
-        _stamp(args.out, world)
+        _stamp(args.out, args.model, world)
         if world.is_main:
             accuracy = ", ".join(f"{k} {v:.3f}" for k, v in metrics["accuracy"].items())
             print(f"{args.model}: accuracy {accuracy} -> {args.out / 'metrics.json'}")
@@ -46,11 +47,11 @@ def main(argv: list[str]) -> int:
     return run_stage(body)
 
 
-def _stamp(out: Path, world: distributed.World) -> None:
+def _stamp(out: Path, model: str, world: distributed.World) -> None:
     """The code stamp of a resumable checkpoint; none once there is nothing to resume."""
     if not world.is_main:
         return
     if (out / "checkpoint.pt").is_file():
-        code_stamp(out, "train", ["checkpoint.pt"])
+        code_stamp(out, "train", ["checkpoint.pt"], model=model)
     else:
         (out / "code.sha256").unlink(missing_ok=True)

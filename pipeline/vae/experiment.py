@@ -48,7 +48,7 @@ def train_and_evaluate(features: Path, model_name: str, cfg: TrainConfig, out: P
     Under torchrun every process trains its shards and evaluates (so each returns the
     metrics), and only the main one writes into `out`; `device` is then this process's.
     """
-    spec = _spec(model_name)
+    spec = model_spec(model_name)
     data_file = _read(features, model_name, spec)  # every check happens before out/ exists
     device = device or resolve_device(cfg.device)
     data = prepare(data_file, cfg.likelihood, device)
@@ -76,7 +76,8 @@ def train_and_evaluate(features: Path, model_name: str, cfg: TrainConfig, out: P
     return metrics
 
 
-def _spec(model_name: str) -> ModelSpec:
+def model_spec(model_name: str) -> ModelSpec:
+    """The registry entry of `model_name`, or a UserError naming every model."""
     if model_name in CLASSICAL_MODELS:
         raise UserError(f"--model: {model_name!r} is a classical model: it has its own stage, "
                         "`python -m pipeline classical`")
