@@ -208,24 +208,27 @@ def paper_features(images: Path, splits: Path, folder: Path) -> None:
 def probe(model_name: str, features: Path, steps: int, test_rows: int, out: Path) -> None:
     """One generative model at the paper's sizes on a full trial: prepare, `steps` steps of
     the training loop, the per-epoch and the final evaluation on `test_rows` rows, timed."""
+    import dataclasses
+
     import torch
 
     from pipeline.config import load_config
     from pipeline.store import read_features
-    from pipeline.vae import MODELS, build_model
+    from pipeline.vae import MODELS
     from pipeline.vae.data import TrialData, prepare
-    from pipeline.vae.evaluate import PredictOptions, evaluate
-    from pipeline.vae.experiment import _metrics
+    from pipeline.vae.experiment import CURVE_ROWS, _build, _curve_accuracy, _metrics
     from pipeline.vae.objective import Batch
-    from pipeline.vae.training import FitSettings, autocast_dtype, fit
+    from pipeline.vae.training import fit
 
     torch.set_num_threads(1)
     cfg = load_config("params.yaml").train  # the rehearsal's: profile paper
+    cfg = dataclasses.replace(cfg, epochs=1)
+    cpu = torch.device("cpu")
     times: dict[str, float] = {}
     clock = time.process_time  # one thread: CPU time is what an idle core would take
     t0 = clock()
     data_file = read_features(features)
-    data = prepare(data_file, cfg.likelihood, torch.device("cpu"))
+    data = prepare(data_file, cfg.likelihood, cpu)
     times["prepare_s"] = clock() - t0
     n_u, n_test = len(data.unlabelled.x["rgb"]), len(data.test.x["rgb"])
 
@@ -233,28 +236,21 @@ def probe(model_name: str, features: Path, steps: int, test_rows: int, out: Path
         return Batch({m: x[:k] for m, x in batch.x.items()},
                      None if batch.y is None else batch.y[:k])
 
-    sub = TrialData(labelled=data.labelled, unlabelled=head(data.unlabelled, steps * 128),
-                    test=head(data.test, test_rows), scaler=data.scaler,
-                    categories=data.categories, modalities=data.modalities)
-    torch.manual_seed(cfg.seed)
-    share = len(data.labelled) / (len(data.labelled) + n_u)
-    model = build_model(model_name, data.dims, len(data.categories), cfg, labelled_share=share)
-    settings = FitSettings(epochs=1, lr=cfg.lr, batch_size=cfg.batch_size,
-                           labeled_batch_size=cfg.labeled_batch_size, seed=cfg.seed,
-                           precision=cfg.precision)
-    warm = TrialData(labelled=data.labelled, unlabelled=head(data.unlabelled, 128),
-                     test=sub.test, scaler=data.scaler, categories=data.categories,
-                     modalities=data.modalities)
-    fit(model, warm, settings, progress=False)  # one step: first-touch memory, kernel setup
+    def part(unlabelled: int) -> TrialData:
+        return TrialData(labelled=data.labelled, unlabelled=head(data.unlabelled, unlabelled),
+                         test=head(data.test, test_rows), scaler=data.scaler,
+                         categories=data.categories, modalities=data.modalities)
+
+    model = _build(model_name, data, cfg, cpu)
+    fit(model, part(128), cfg, progress=False)  # one step: first-touch memory, kernel setup
+    sub = part(steps * 128)
     t0 = clock()
-    fit(model, sub, settings, progress=False)
+    fit(model, sub, cfg, progress=False)
     times["step_s"] = (clock() - t0) / steps
     evaluations = MODELS[model_name].evaluations(data.modalities)
-    dtype = autocast_dtype(cfg.precision)
-    cheap = [e for e in evaluations if e.method != "iterative"]
-    t0 = clock()  # the train stage's per-epoch evaluation (experiment._cheap_accuracy)
-    evaluate(model, sub.test, cheap, sub.scaler, PredictOptions.from_config(cfg),
-             seed=cfg.seed, precision=dtype)
+    t0 = clock()  # the train stage's per-epoch learning-curve evaluation
+    _curve_accuracy(model, sub, sub.test, evaluations, cfg)
+    curve_rows = min(n_test, CURVE_ROWS)
     times["epoch_eval_per_row_s"] = (clock() - t0) / test_rows
     t0 = clock()  # the final one, every prediction option, as the stage writes it
     metrics = _metrics(model, sub, data_file, features, model_name, cfg, evaluations, [])
@@ -263,7 +259,7 @@ def probe(model_name: str, features: Path, steps: int, test_rows: int, out: Path
     (out.parent / "metrics.json").write_text(json.dumps(metrics))
     steps_per_epoch = -(-n_u // cfg.batch_size)
     run_s = (times["prepare_s"] + EPOCHS * steps_per_epoch * times["step_s"]
-             + EPOCHS * n_test * times["epoch_eval_per_row_s"]
+             + EPOCHS * curve_rows * times["epoch_eval_per_row_s"]
              + n_test * times["final_eval_per_row_s"])
     out.write_text(json.dumps({**times, "n_unlabelled": n_u, "n_test": n_test,
                                "steps_per_epoch": steps_per_epoch, "run_s": run_s}, indent=1))

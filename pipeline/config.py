@@ -41,8 +41,9 @@ from pipeline.errors import UserError
 # Every allowed value, declared once: the sections' type hints use these, `load_config`
 # checks a value against its hint, and other modules import the tuples (never a copy).
 DEVICES = ("auto", "cpu", "cuda")  # or "cuda:N"
-Precision = Literal["bf16", "fp32"]  # autocast dtype
-AutoPrecision = Literal["auto", "bf16", "fp32"]  # auto = bf16 on CUDA, fp32 on CPU
+# autocast dtype; auto = bf16 where the device computes it natively (CUDA, a CPU with AMX or
+# AVX512-BF16), fp32 elsewhere (pipeline/devices.py)
+Precision = Literal["auto", "bf16", "fp32"]
 Likelihood = Literal["gaussian", "gaussian_fixed", "bernoulli"]  # p(x|.) of the features
 UnlabeledY = Literal["gumbel", "enumerate"]  # how eq. (4) handles y on unlabelled data
 Fill = Literal["mean", "sample"]  # Appendix D: the missing modality from p(x|a)
@@ -157,7 +158,7 @@ class FinetuneConfig:
     # >= 8 digits, as torchvision checks the one in the file name, or all 64; "" = unchecked.
     weights_sha256: str = "397923af"
     checkpoint_every: int = 1  # epochs between resumable checkpoints (each ~1.6 GB)
-    precision: AutoPrecision = "auto"  # autocast: auto = bf16 on CUDA, fp32 on CPU
+    precision: Precision = "auto"  # autocast: auto = bf16 where native, else fp32
 
     def check(self) -> None:
         _require(self.weights != "", "finetune.weights", self.weights,
@@ -195,9 +196,9 @@ class ExtractConfig:
     # 0 = read in the main process
     workers: int = -1
     device: str = "auto"
-    # autocast: auto = bf16 on CUDA, fp32 on CPU; or bf16, fp32 (see docs/features.md for
+    # autocast: auto = bf16 where native, else fp32; or bf16, fp32 (see docs/features.md for
     # the error bf16 introduces in the features)
-    precision: AutoPrecision = "auto"
+    precision: Precision = "auto"
 
     def check(self) -> None:
         _require(self.batch_size >= 0, "extract.batch_size", self.batch_size,
@@ -237,7 +238,7 @@ class TrainConfig:
     prediction: Prediction = "monte_carlo"
     predict_samples: int = 100
     grad_clip: float = 0.0  # max gradient norm; 0 = off
-    precision: Precision = "bf16"  # autocast on the training device (docs/models.md)
+    precision: Precision = "auto"  # autocast on the training device (docs/models.md)
     # torch.compile the loss: auto = on CUDA (fewer, fused kernels; minutes to compile),
     # never on the CPU by default (a minute to compile, and its own random numbers)
     compile: Compile = "auto"

@@ -71,7 +71,7 @@ def test_int_is_accepted_for_float():
     ("split.labeled_fraction=0", "split.labeled_fraction: expected a fraction in (0, 1)"),
     ("train.device=tpu", "train.device"),
     ("finetune.augment=1", "expected true or false"),
-    ("train.precision=fp16", "train.precision: expected bf16 or fp32, got 'fp16'"),
+    ("train.precision=fp16", "train.precision: expected auto, bf16 or fp32, got 'fp16'"),
     ("extract.precision=bf32", "extract.precision: expected auto, bf16 or fp32, got 'bf32'"),
 ])
 def test_bad_values_name_the_key(override, message):

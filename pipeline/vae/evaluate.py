@@ -85,7 +85,7 @@ def predict_each(model: nn.Module, x: Tensors, evaluation: Evaluation, scaler: F
     device = next(iter(x.values())).device
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     start = generator.get_state()
-    precision = autocast_dtype(cfg.precision)
+    precision = autocast_dtype(cfg.precision, device)
     completed: dict[str, tuple[Tensors, torch.Tensor]] = {}
     out = []
     with torch.autocast(device.type, dtype=precision or torch.float32,
