@@ -2,18 +2,18 @@
 
     python bench/bench_train_step.py [--models m2 ss_hmvae_kl ...] [--steps 10]
                                      [--device auto] [--compare] [--compile auto|always|never]
-                                     [--precision bf16 fp32] [--batch 128]
+                                     [--precision auto bf16 fp32] [--batch 128]
 
-Prints the device's measured 4096^3 matmul FLOP/s in fp32 and bf16, then one row per model
-and path: milliseconds per step, examples per second (labelled + unlabelled), FLOPs per step
-(counted by torch's FlopCounterMode), achieved FLOP/s and its share of the matmul peak that
-bounds the device (bf16 on CUDA, fp32 on CPU), and what 200 epochs over the paper's ~35k
-training examples would take at that rate.
+Prints the device's measured 4096^3 matmul FLOP/s in fp32 and (where native) bf16, then one
+row per model and path: milliseconds per step, examples per second (labelled + unlabelled),
+FLOPs per step (counted by torch's FlopCounterMode), achieved FLOP/s and its share of the
+matmul peak that bounds the device (bf16 on CUDA, fp32 on CPU), and what 200 epochs over the
+paper's ~35k training examples would take at that rate.
 
 - "project": the step `fit` runs (`training.train_step`): 4096-d RGB and depth features on the
   device, 128 labelled + 128 unlabelled examples, Appendix C's 1024-unit layers, autocast to
-  `--precision`, distribution argument checks off, Adam fused on CUDA, and `torch.compile`
-  where `--compile` says (auto: on CUDA);
+  `--precision` (default auto, the pipeline's: bf16 where native), distribution argument
+  checks off, Adam fused on CUDA, and `torch.compile` where `--compile` says (auto: on CUDA);
 - "eager reference" (`--compare`): the same step written plainly: fp32, no compile, argument
   checks on, Adam's default (foreach) kernel.
 
@@ -35,11 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import device_name, matmul_peak, print_table, sync
 from pipeline.config import TrainConfig
-from pipeline.devices import autocast_dtype, resolve_device
+from pipeline.devices import autocast_dtype, native_bf16, resolve_device
+from pipeline.engine import adam
 from pipeline.vae import MODELS, build_model
 from pipeline.vae.modes import unchecked_distributions
 from pipeline.vae.objective import Batch
-from pipeline.vae.training import LossModule, make_optimizer, train_step
+from pipeline.vae.training import LossModule, train_step
 
 PAPER_EXAMPLES = 35_000  # training frames per trial (labelled + unlabelled), ~
 PAPER_EPOCHS = 200
@@ -63,16 +64,17 @@ def time_path(model_name: str, device: torch.device, *, precision: str, compiled
     if reference:
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     else:
-        optimizer = make_optimizer(model, 1e-4)
+        optimizer = adam(model, 1e-4)
     loss_fn = LossModule(model)
+    dtype = autocast_dtype(precision, device)
     counted = FlopCounterMode(display=False)
     with counted:  # eager, before compiling: the same arithmetic
-        train_step(loss_fn, optimizer, labelled, unlabelled, dtype=autocast_dtype(precision))
+        train_step(loss_fn, optimizer, labelled, unlabelled, dtype=dtype)
     if compiled:
         loss_fn = torch.compile(loss_fn)
 
     def step() -> None:
-        train_step(loss_fn, optimizer, labelled, unlabelled, dtype=autocast_dtype(precision))
+        train_step(loss_fn, optimizer, labelled, unlabelled, dtype=dtype)
 
     with contextlib.nullcontext() if reference else unchecked_distributions():
         for _ in range(3):  # warm-up (and compilation)
@@ -92,7 +94,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", nargs="+", default=["bf16"], choices=["bf16", "fp32"])
+    parser.add_argument("--precision", nargs="+", default=["auto"],
+                        choices=["auto", "bf16", "fp32"])
     parser.add_argument("--compile", default="auto", choices=["auto", "always", "never"])
     parser.add_argument("--compare", action="store_true",
                         help="also time the plain eager fp32 reference of each step")
@@ -100,15 +103,23 @@ def main() -> None:
     device = resolve_device(args.device)
     compiled = args.compile == "always" or (args.compile == "auto" and device.type == "cuda")
     print(f"device: {device_name(device)}, torch {torch.__version__}")
-    peaks = {name: matmul_peak(device, dtype)
-             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    native = native_bf16(device)
+    peaks = {"fp32": matmul_peak(device, torch.float32)}
+    if native:  # emulated bf16 would take minutes for one product
+        peaks["bf16"] = matmul_peak(device, torch.bfloat16)
     for name, peak in peaks.items():
         print(f"matmul 4096^3 {name}: {peak / 1e12:.3f} TFLOP/s")
+    if not native:
+        print("bf16: emulated on this device (no AMX or AVX512-BF16), not measured; "
+              "precision auto is fp32 here")
     bound = "bf16" if device.type == "cuda" else "fp32"
     print(f"\nshare of peak: of the {bound} matmul peak; batch {args.batch} labelled + "
           f"{args.batch} unlabelled; {PAPER_EPOCHS} epochs x {PAPER_EXAMPLES} examples\n")
-    paths = [(f"project {p}{' compiled' if compiled else ''}", p, compiled, False)
-             for p in args.precision]
+    def resolved(p: str) -> str:
+        return "bf16" if autocast_dtype(p, device) else "fp32"
+
+    paths = [(f"project {p}{f' ({resolved(p)})' if p == 'auto' else ''}"
+              f"{' compiled' if compiled else ''}", p, compiled, False) for p in args.precision]
     if args.compare:
         paths.append(("eager reference fp32", "fp32", False, True))
     rows = []

@@ -8,11 +8,11 @@ out=${OUT:-bench-results}
 py=${PY:-python}
 mkdir -p "$out"
 run() { name=$1; shift; echo "== $name: $*"; "$py" "$@" 2>&1 | tee "$out/$name.md"; }
-run train_step bench/bench_train_step.py --compare --precision bf16 fp32
+run train_step bench/bench_train_step.py --compare
 # On CUDA the line above compiles the loss (train.compile: auto); this one does not, so the
 # two tables give every model's examples/s with and without torch.compile.
 if "$py" -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
-    run train_step_eager bench/bench_train_step.py --precision bf16 --compile never
+    run train_step_eager bench/bench_train_step.py --compile never
 fi
 run fit bench/bench_fit.py
 run vgg bench/bench_vgg.py --compare

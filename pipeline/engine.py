@@ -43,6 +43,18 @@ SAVE_BUDGET = 0.05  # the largest share of training time checkpoints may take
 SLOW_HOURS = 1.0  # a CPU run estimated longer than this says so after its first epoch
 
 
+def adam(model: nn.Module, lr: float) -> torch.optim.Adam:
+    """Every trainer's Adam: torch's fused kernel (one pass over every parameter), on CUDA
+    and on the CPU.
+
+    On the CPU torch's default Adam makes new tensors per parameter (sqrt, division): at the
+    paper's sizes (SS-HMVAE-kl, 49M parameters, one thread, AMD EPYC) a step of it took
+    269 ms against 39 ms fused, a sixth of a 1.35 s training step. The fused kernel rounds
+    differently (the same formula in another order): fixed-seed CPU results moved with it.
+    """
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+
+
 class NonFiniteLossError(UserError):
     """The loss became NaN or infinite; the message names the epoch and the terms."""
 

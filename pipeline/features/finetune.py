@@ -241,7 +241,7 @@ def finetune(*, images: str | Path, splits: str | Path, trial: int, modality: st
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type == "cuda")
+    opt = engine.adam(model, config.lr)
     with open_images(images) as f:
         labeled = _load_labeled(f, modality, train_mask, device, config.batch_size)
         labels = torch.from_numpy(index.label[train_mask])

@@ -74,18 +74,6 @@ class LossModule(nn.Module):
         return self.model.loss(labelled, unlabelled)
 
 
-def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:
-    """Adam; on CUDA with the fused kernel (one launch for every parameter).
-
-    torch's fused CPU Adam saves little (SS-HMVAE-kl, 58M parameters, 2-core development
-    machine: 134 instead of 150 ms of a ~800 ms fp32 step, torch.profiler) and rounds
-    differently; fixed-seed CPU runs keep the results they gave before
-    (bench/fixed_seed_metrics.py).
-    """
-    device = next(model.parameters()).device
-    return torch.optim.Adam(model.parameters(), lr=lr, fused=device.type == "cuda")
-
-
 def _epoch_indices(rng: np.random.Generator, n_u: int, n_l: int, cfg: TrainConfig,
                    world: World, device: torch.device
                    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -135,7 +123,7 @@ def fit(model: nn.Module, data: TrialData, cfg: TrainConfig, *,
     device = next(model.parameters()).device
     if world.distributed:
         distributed.global_batchnorm(model)
-    optimizer = make_optimizer(model, cfg.lr)
+    optimizer = engine.adam(model, cfg.lr)
     dtype = autocast_dtype(cfg.precision, device)
     loss_fn: nn.Module = LossModule(model)
     randomness: Callable[[], Any] = contextlib.nullcontext
