@@ -225,7 +225,8 @@ def test_iterative_sampling_is_the_chain_of_appendix_d(fill):
         rgb = p_x.base_dist.loc
         if fill == "sample":
             rgb = rgb + p_x.base_dist.scale * torch.randn(rgb.shape[1:], generator=g)
-    torch.testing.assert_close(got, rgb)
+    # bit for bit: computing the given modality's branch once per chain changes no result
+    torch.testing.assert_close(got, rgb, rtol=0, atol=0)
     # the given modality steers the fill
     other = model.impute({"depth": depth + 3.0}, "rgb", steps=4,
                          generator=torch.Generator().manual_seed(0), fill=fill)

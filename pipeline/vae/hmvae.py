@@ -120,8 +120,12 @@ class SSHMVAE(SemiSupervisedVAE):
         shape = (given.shape[0], self.dims[missing])
         value = shared_noise(shape, generator, device=given.device,
                              uniform=self.likelihood == "bernoulli")
+        trunk = self.q_a_xw
+        # the given modalities' first layer of q(a|x,w), the same at every step: once (eval
+        # mode: its BatchNorm uses running statistics, so no row depends on the others)
+        fixed = {m: trunk.branches[m](v) for m, v in x.items()}
         for _ in range(steps):
-            q_a = self.q_a({**x, missing: value})
+            q_a = self.q_a_xw_head(trunk.join({**fixed, missing: trunk.branches[missing](value)}))
             a = draw(q_a, generator)
             p_x = self.p_x(missing, a)
             value = (mean_of(p_x) if fill == "mean" else draw(p_x, generator)).to(given.dtype)

@@ -56,8 +56,12 @@ class Trunk(nn.Module):
         missing = set(self.names) - set(inputs)
         if missing:
             raise ValueError(f"expected inputs {self.names}, missing {sorted(missing)}")
-        h = torch.cat([self.branches[name](inputs[name]) for name in self.names], dim=-1)
-        return self.tail(h)
+        return self.join({name: self.branches[name](inputs[name]) for name in self.names})
+
+    def join(self, branched: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The trunk from its branches' outputs (`branches[name](input)`), so that a caller
+        whose input stays fixed over many passes computes its branch once."""
+        return self.tail(torch.cat([branched[name] for name in self.names], dim=-1))
 
 
 def fp32(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
