@@ -6,10 +6,21 @@ same run, so numbers from different machines (or from a machine under load) stay
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
+
+# The paper's run (Washington RGB-D evaluation subset, Section 4, Appendix A): every benchmark
+# that extrapolates to it takes its sizes from here.
+PAPER_FRAMES = 41_877  # frames, each an RGB and a depth image
+PAPER_TEST = 6_877  # test frames of a trial (one instance per category held out), about
+PAPER_TRAIN = PAPER_FRAMES - PAPER_TEST  # about 35,000 training frames a trial
+PAPER_LABELLED = round(0.05 * PAPER_TRAIN)  # the labelled 5 %
+PAPER_TRIALS, PAPER_EPOCHS = 10, 200  # trials; epochs of fine-tuning and of training
 
 
 def sync(device: torch.device) -> None:
@@ -51,3 +62,9 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
     print("|" + "---|" * len(headers))
     for row in rows:
         print("| " + " | ".join(str(cell) for cell in row) + " |")
+
+
+def write_json(path: str | Path | None, values: dict[str, Any]) -> None:
+    """A benchmark's numbers for `bench/estimate_paper.py` (`--json PATH`; none: nothing)."""
+    if path is not None:
+        Path(path).write_text(json.dumps(values, indent=1) + "\n")

@@ -27,12 +27,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import PAPER_TRAIN
 from pipeline.classical import CLASSICAL
 from pipeline.classical.experiment import train_and_evaluate_classical
 from pipeline.config import ClassicalConfig
 from pipeline.store import FeatureSet, write_features
-
-PAPER_EXAMPLES = 35_000
 
 
 def random_features(n_train: int, dims: int, classes: int, seed: int = 0) -> FeatureSet:
@@ -57,7 +56,7 @@ def random_features(n_train: int, dims: int, classes: int, seed: int = 0) -> Fea
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--examples", type=int, default=PAPER_EXAMPLES)
+    parser.add_argument("--examples", type=int, default=PAPER_TRAIN)
     parser.add_argument("--dims", type=int, default=4096)
     parser.add_argument("--classes", type=int, default=51)
     parser.add_argument("--models", nargs="+", default=["ct_svm", "cotraining"],
@@ -77,7 +76,7 @@ def main() -> None:
             metrics = train_and_evaluate_classical(path, model, ClassicalConfig(),
                                                    Path(tmp) / model, progress=False)
             seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-            scaled = cpu * PAPER_EXAMPLES / args.examples
+            scaled = cpu * PAPER_TRAIN / args.examples
             accuracy = " / ".join(f"{100 * v:.1f}" for v in metrics["accuracy"].values())
             print(f"| {model} | {seconds:.1f} | {cpu:.1f} | {metrics.get('rounds', '–')} | "
                   f"{sum(metrics.get('n_handed', {}).values()) or '–'} | {accuracy} | "

@@ -33,7 +33,14 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import device_name, sync
+from bench._common import (
+    PAPER_LABELLED,
+    PAPER_TEST,
+    PAPER_TRAIN,
+    device_name,
+    sync,
+    write_json,
+)
 from pipeline import engine
 from pipeline.__main__ import main as cli
 from pipeline.config import TrainConfig
@@ -43,7 +50,7 @@ from pipeline.vae import MODELS, build_model, experiment
 from pipeline.vae.objective import Batch
 
 ROOT = Path(__file__).resolve().parents[1]
-DIM, CLASSES, PAPER_EXAMPLES = 4096, 51, 35_000
+DIM, CLASSES = 4096, 51
 
 
 def random_features(path: Path, n_train: int, n_test: int) -> FeatureSet:
@@ -149,6 +156,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--eager-steps", type=int, default=2,
                         help="eager steps before, after each epoch of, and after the run")
+    parser.add_argument("--json", help="also write the run's overheads and final evaluation "
+                        "to this file (for bench/estimate_paper.py)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -196,7 +205,7 @@ def main() -> None:
     cpu_ratio = (statistics.mean(eager.cpu) / 128) / (
         (clock.final_cpu - start_cpu - clock.eager_cpu) / (n_u * args.epochs))
     final = clock.final[1] - clock.final[0]
-    paper_epoch = per_epoch * -(-int(PAPER_EXAMPLES * 0.95) // 128) / steps
+    paper_epoch = per_epoch * -(-(PAPER_TRAIN - PAPER_LABELLED) // 128) / steps
     print(f"device: {device_name(device)}, torch {torch.__version__}; {args.model}, paper "
           f"sizes, precision {cfg_precision}; {args.examples} training rows ({n_l} labelled, "
           f"{steps} steps per epoch), {args.test} test rows, {args.epochs} epochs")
@@ -209,9 +218,14 @@ def main() -> None:
     print(f"learning curves: {clock.curves:.1f} s in all = {clock.curves / trained:.1%} of the "
           f"training time; checkpoints: {clock.checkpoints:.1f} s = "
           f"{clock.checkpoints / trained:.1%}")
-    print(f"final evaluation: {final:.1f} s for {args.test} test rows; at the paper's 6,877: "
-          f"~{final * 6877 / args.test:.0f} s = {final * 6877 / args.test / paper_epoch:.2f} "
+    print(f"final evaluation: {final:.1f} s for {args.test} test rows; at the paper's "
+          f"{PAPER_TEST:,}: "
+          f"~{final * PAPER_TEST / args.test:.0f} s = "
+          f"{final * PAPER_TEST / args.test / paper_epoch:.2f} "
           f"epochs of the paper's size (~{paper_epoch:.0f} s each here)")
+    write_json(args.json, {"device": device_name(device), "model": args.model,
+                           "overhead_share": (clock.curves + clock.checkpoints) / trained,
+                           "final_eval_per_row_s": final / args.test})
 
 
 if __name__ == "__main__":

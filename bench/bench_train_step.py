@@ -33,7 +33,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import device_name, matmul_peak, print_table, sync
+from bench._common import (
+    PAPER_EPOCHS,
+    PAPER_TRAIN,
+    device_name,
+    matmul_peak,
+    print_table,
+    sync,
+    write_json,
+)
 from pipeline.config import TrainConfig
 from pipeline.devices import autocast_dtype, native_bf16, resolve_device
 from pipeline.engine import adam
@@ -41,9 +49,6 @@ from pipeline.vae import MODELS, build_model
 from pipeline.vae.modes import unchecked_distributions
 from pipeline.vae.objective import Batch
 from pipeline.vae.training import LossModule, train_step
-
-PAPER_EXAMPLES = 35_000  # training frames per trial (labelled + unlabelled), ~
-PAPER_EPOCHS = 200
 
 
 def batches(device: torch.device, n: int, dim: int, classes: int) -> tuple[Batch, Batch]:
@@ -97,6 +102,8 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=["auto"],
                         choices=["auto", "bf16", "fp32"])
     parser.add_argument("--compile", default="auto", choices=["auto", "always", "never"])
+    parser.add_argument("--json", help="also write seconds per step to this file "
+                        "(for bench/estimate_paper.py)")
     parser.add_argument("--compare", action="store_true",
                         help="also time the plain eager fp32 reference of each step")
     args = parser.parse_args()
@@ -114,7 +121,7 @@ def main() -> None:
               "precision auto is fp32 here")
     bound = "bf16" if device.type == "cuda" else "fp32"
     print(f"\nshare of peak: of the {bound} matmul peak; batch {args.batch} labelled + "
-          f"{args.batch} unlabelled; {PAPER_EPOCHS} epochs x {PAPER_EXAMPLES} examples\n")
+          f"{args.batch} unlabelled; {PAPER_EPOCHS} epochs x {PAPER_TRAIN} examples\n")
     def resolved(p: str) -> str:
         return "bf16" if autocast_dtype(p, device) else "fp32"
 
@@ -122,20 +129,23 @@ def main() -> None:
               f"{' compiled' if compiled else ''}", p, compiled, False) for p in args.precision]
     if args.compare:
         paths.append(("eager reference fp32", "fp32", False, True))
-    rows = []
+    rows, step_s = [], {}
     for model_name in args.models:
         for label, precision, compile_it, reference in paths:
             seconds, flops = time_path(model_name, device, precision=precision,
                                        compiled=compile_it, reference=reference,
                                        steps=args.steps, batch=args.batch)
             achieved = flops / seconds
-            run = PAPER_EPOCHS * -(-PAPER_EXAMPLES // args.batch) * seconds
+            step_s.setdefault(model_name, {})[label] = seconds
+            run = PAPER_EPOCHS * -(-PAPER_TRAIN // args.batch) * seconds
             rows.append([model_name, label, f"{1e3 * seconds:.1f}",
                          f"{2 * args.batch / seconds:.0f}", f"{flops / 1e9:.1f}",
                          f"{achieved / 1e12:.3f}", f"{achieved / peaks[bound]:.0%}",
                          f"{run / 60:.1f}"])
     print_table(["model", "path", "ms/step", "examples/s", "GFLOP/step", "TFLOP/s",
                  "share of peak", "200 epochs (min)"], rows)
+    write_json(args.json, {"device": device_name(device), "batch": args.batch,
+                           "pipeline_path": paths[0][0], "step_s": step_s})
 
 
 if __name__ == "__main__":

@@ -42,11 +42,11 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import device_name, matmul_peak, print_table, sync
+from bench._common import PAPER_FRAMES, device_name, matmul_peak, print_table, sync, write_json
+from pipeline import engine
 from pipeline.config import FinetuneConfig
 from pipeline.devices import autocast_dtype, resolve_device
 from pipeline.features import finetune as ft
@@ -54,7 +54,6 @@ from pipeline.features import vgg
 from pipeline.features.extract import auto_batch_size, auto_workers, iter_features
 
 CLASSES = 51
-EVAL_FRAMES = 41_877  # Washington RGB-D evaluation subset; two images (rgb, depth) each
 MODALITIES = ("rgb", "depth")
 
 
@@ -129,13 +128,12 @@ def train_optimised(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
                     args: argparse.Namespace, device: torch.device) -> Iterator[int]:
     config = FinetuneConfig(weights="none", batch_size=args.train_batch, image_size=args.size,
                             device=str(device), precision=args.precision)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
-    with tqdm(disable=True) as bar:
-        for epoch in range(args.steps + 1):
-            k = slice(epoch * args.train_batch, (epoch + 1) * args.train_batch)
-            ft._train_epoch(model, opt, images[k], labels[k], config=config, epoch=epoch,
-                            device=device, bar=bar)
-            yield args.train_batch
+    opt = engine.adam(model, 1e-5)  # the stage's optimiser
+    for epoch in range(args.steps + 1):
+        k = slice(epoch * args.train_batch, (epoch + 1) * args.train_batch)
+        ft._train_epoch(model, opt, images[k], labels[k], config=config, epoch=epoch,
+                        device=device)
+        yield args.train_batch
 
 
 def train_reference(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
@@ -171,6 +169,8 @@ def main() -> None:
                         help="autocast of the stages' paths, as *.precision (auto)")
     parser.add_argument("--compare", action="store_true",
                         help="also time a plain eager fp32 reference of each step")
+    parser.add_argument("--json", help="also write the stages' images/s to this file "
+                        "(for bench/estimate_paper.py)")
     parser.add_argument("--compile", action="store_true",
                         help="extract through torch.compile (CUDA only)")
     args = parser.parse_args()
@@ -221,6 +221,7 @@ def main() -> None:
                                          device=device), device)
         row("extract fc1", path, args.batch, fc1_flops, result)
         rates.append((path, result[0]))
+        extract_rate = result[0]
 
     train_flops = count_flops(args.size, train=True)
     n = args.train_batch * (args.steps + 1)
@@ -239,13 +240,16 @@ def main() -> None:
                    device)
     row("fine-tune step", f"{precision}{', channels-last' if cuda else ''} (the stage's)",
         args.train_batch, train_flops, result)
+    write_json(args.json, {"device": device_name(device), "size": args.size,
+                           "precision": precision, "finetune_images_per_s": result[0],
+                           "extract_images_per_s": extract_rate})
 
     print_table(["step", "path", "batch", "images/s", "GFLOP/image", "TFLOP/s",
                  "share of peak", "first batch (s)"], rows)
-    print(f"\nwhole evaluation subset ({EVAL_FRAMES:,} frames x 2 modalities) at the measured "
+    print(f"\nwhole evaluation subset ({PAPER_FRAMES:,} frames x 2 modalities) at the measured "
           "extraction rate:")
     for path, rate in rates:
-        seconds = 2 * EVAL_FRAMES / rate
+        seconds = 2 * PAPER_FRAMES / rate
         print(f"  {path}: {seconds:,.0f} s ({seconds / 60:.1f} min)")
 
 

@@ -50,11 +50,10 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._common import PAPER_EPOCHS, PAPER_TRIALS  # noqa: E402
 from pipeline.rgbd.synthetic import generate, paper_scale  # noqa: E402
 
 PY = sys.executable
-TRIALS = 10
-EPOCHS = 200  # finetune and train (Appendix A, Section 4)
 VAE_MODELS = ["m2", "sdgm", "ss_mvae", "ss_hmvae", "ss_hmvae_kl", "mlp"]
 CLASSICAL = ["ct_svm", "cotraining", "label_spreading"]
 STAGES = ["generate", "download", "preprocess", "split", "finetune", "extract", "features",
@@ -193,7 +192,7 @@ def paper_features(images: Path, splits: Path, folder: Path) -> None:
                 (b - a, DIM), dtype=np.float32), 0) for i, m in enumerate(("rgb", "depth"))}
             writer.write(a, features=feats, label=label, is_test=first.is_test[a:b],
                          is_labeled=first.is_labeled[a:b], frame=index.frame[a:b])
-    for t in range(2, TRIALS + 1):
+    for t in range(2, PAPER_TRIALS + 1):
         split = read_split(splits, t, index.frame)
         shutil.copy(folder / "trial-1.h5", folder / f"trial-{t}.h5")
         with h5py.File(folder / f"trial-{t}.h5", "r+") as f:
@@ -258,8 +257,8 @@ def probe(model_name: str, features: Path, steps: int, test_rows: int, out: Path
     out.parent.mkdir(parents=True, exist_ok=True)
     (out.parent / "metrics.json").write_text(json.dumps(metrics))
     steps_per_epoch = -(-n_u // cfg.batch_size)
-    run_s = (times["prepare_s"] + EPOCHS * steps_per_epoch * times["step_s"]
-             + EPOCHS * curve_rows * times["epoch_eval_per_row_s"]
+    run_s = (times["prepare_s"] + PAPER_EPOCHS * steps_per_epoch * times["step_s"]
+             + PAPER_EPOCHS * curve_rows * times["epoch_eval_per_row_s"]
              + n_test * times["final_eval_per_row_s"])
     out.write_text(json.dumps({**times, "n_unlabelled": n_u, "n_test": n_test,
                                "steps_per_epoch": steps_per_epoch, "run_s": run_s}, indent=1))
@@ -282,7 +281,7 @@ def rehearse(args: argparse.Namespace) -> None:
     shutil.copy(ROOT / "params.yaml", work / "params.yaml")
     text = (work / "params.yaml").read_text()
     text = text.replace("profile: demo", "profile: paper", 1)
-    text = text.replace("trials: [1, 2]\n", f"trials: {list(range(1, TRIALS + 1))}\n", 1)
+    text = text.replace("trials: [1, 2]\n", f"trials: {list(range(1, PAPER_TRIALS + 1))}\n", 1)
     (work / "params.yaml").write_text(text)
     results_path = data / "results.json"
     wanted = args.only or STAGES
@@ -338,8 +337,8 @@ def rehearse(args: argparse.Namespace) -> None:
         per_image = epoch_s / args.frames
         hours = None
         if counts:
-            run_s = one["cpu_s"] + (EPOCHS * counts["labelled"] - args.frames) * per_image
-            hours = 2 * TRIALS * run_s / 3600
+            run_s = one["cpu_s"] + (PAPER_EPOCHS * counts["labelled"] - args.frames) * per_image
+            hours = 2 * PAPER_TRIALS * run_s / 3600
         one["per_image_s"] = per_image
         record("finetune", one, hours,
                f"VGG16 full size, {args.frames} labelled + {args.frames} test frames; "
@@ -356,7 +355,7 @@ def rehearse(args: argparse.Namespace) -> None:
         per_frame = (runs[1]["cpu_s"] - runs[0]["cpu_s"]) / (2 * args.frames)
         hours = None
         if counts:
-            hours = TRIALS * (runs[0]["cpu_s"] + (counts["frames"] - 2 * args.frames)
+            hours = PAPER_TRIALS * (runs[0]["cpu_s"] + (counts["frames"] - 2 * args.frames)
                               * per_frame) / 3600
         runs[1]["per_frame_s"] = per_frame
         record("extract", runs[1], hours,
@@ -385,7 +384,7 @@ def rehearse(args: argparse.Namespace) -> None:
             if r["rc"] == 0:
                 p = json.loads(dest.read_text())
                 r |= p
-                record(f"train {model}", r, TRIALS * p["run_s"] / 3600,
+                record(f"train {model}", r, PAPER_TRIALS * p["run_s"] / 3600,
                        f"{args.steps} steps ({p['step_s']:.2f} s each) x "
                        f"{p['steps_per_epoch']} x 200 epochs; evaluation on "
                        f"{args.test_rows} of {p['n_test']} test rows, per epoch "
@@ -400,7 +399,7 @@ def rehearse(args: argparse.Namespace) -> None:
                 "train", "--features", features / "trial-1.h5", "--model", model, "--out",
                 out / model / "trial-1", "--no-progress"), cwd=work,
                 outputs=[out / model / "trial-1"], timeout=args.classical_timeout)
-            hours = TRIALS * r["cpu_s"] / 3600 if r["rc"] == 0 else None
+            hours = PAPER_TRIALS * r["cpu_s"] / 3600 if r["rc"] == 0 else None
             note = "full size, trial 1 (x 10 trials)"
             if r["timed_out"]:
                 note = f"did not finish in {args.classical_timeout:.0f} s: stopped"
@@ -430,14 +429,14 @@ def _report_tree(roots: list[Path], ckpt: Path, tree: Path) -> None:
     shutil.rmtree(tree, ignore_errors=True)
     runs = {f.parent.name: f for root in reversed(roots) for f in root.glob("*/trial-1")}
     for folder in runs.values():
-        for t in range(1, TRIALS + 1):
+        for t in range(1, PAPER_TRIALS + 1):
             dest = tree / "vae" / folder.parent.name / f"trial-{t}"
             dest.mkdir(parents=True, exist_ok=True)
             for name in ("metrics.json", "config.json"):
                 if (folder / name).is_file():
                     shutil.copy(folder / name, dest / name)
     for modality in ("rgb", "depth"):
-        for t in range(1, TRIALS + 1):
+        for t in range(1, PAPER_TRIALS + 1):
             dest = tree / "vgg16" / f"trial-{t}-{modality}"
             dest.mkdir(parents=True)
             shutil.copy(ckpt / f"trial-1-{modality}" / "metrics.json", dest / "metrics.json")
