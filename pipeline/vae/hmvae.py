@@ -121,8 +121,7 @@ class SSHMVAE(SemiSupervisedVAE):
         value = shared_noise(shape, generator, device=given.device,
                              uniform=self.likelihood == "bernoulli")
         trunk = self.q_a_xw
-        # the given modalities' first layer of q(a|x,w), the same at every step: once (eval
-        # mode: its BatchNorm uses running statistics, so no row depends on the others)
+        # the given modalities' branches of q(a|x,w) see the same input at every step: once
         fixed = {m: trunk.branches[m](v) for m, v in x.items()}
         for _ in range(steps):
             q_a = self.q_a_xw_head(trunk.join({**fixed, missing: trunk.branches[missing](value)}))
