@@ -10,10 +10,11 @@ Reads the JSON that `bench_vgg.py`, `bench_train_step.py` and `bench_fit.py` wro
   fine-tuning rate, and one pass over the test frames at the extraction rate;
 - extraction: 10 trials x 2 modalities x every frame;
 - training: 10 trials of every generative model, 200 epochs of the pipeline's step
-  (`bench_train_step`'s first path) over the unlabelled frames, plus the learning curves and
-  checkpoints as the share `bench_fit` measured, plus the final evaluation of the model
-  `bench_fit` ran (run_all.sh: SS-HMVAE, whose iterative sampling dominates; the other
-  models' final evaluations take about a tenth of an epoch and are not counted);
+  (`bench_train_step`'s first path) over the unlabelled frames, plus each epoch's learning
+  curves and checkpoint as `bench_fit` measured them per epoch (they do not grow with its
+  steps), plus the final evaluation of the model `bench_fit` ran (run_all.sh: SS-HMVAE,
+  whose iterative sampling dominates; the other models' final evaluations take about a
+  tenth of an epoch and are not counted);
 - not counted: download, preprocess, split, report (minutes on a CPU: docs/scale.md) and the
   classical peers (CPU only, about 17 CPU-minutes each).
 
@@ -52,12 +53,12 @@ def estimate(vgg: dict, steps: dict, fit: dict) -> list[tuple[str, float, str]]:
          f"{runs} x {PAPER_FRAMES:,} frames at {extract:.1f} images/s")]
     batch = steps["batch"]
     per_epoch = -(-(PAPER_TRAIN - PAPER_LABELLED) // batch)
-    overhead = fit["overhead_share"]
+    overhead = fit["overhead_per_epoch_s"]
     for model, paths in steps["step_s"].items():
         step = paths[steps["pipeline_path"]]
-        hours = PAPER_TRIALS * PAPER_EPOCHS * per_epoch * step * (1 + overhead) / 3600
-        how = (f"{PAPER_TRIALS} trials x {PAPER_EPOCHS} epochs x {per_epoch} steps of "
-               f"{1e3 * step:.0f} ms, +{overhead:.1%} curves and checkpoints")
+        hours = PAPER_TRIALS * PAPER_EPOCHS * (per_epoch * step + overhead) / 3600
+        how = (f"{PAPER_TRIALS} trials x {PAPER_EPOCHS} epochs x ({per_epoch} steps of "
+               f"{1e3 * step:.0f} ms + {overhead:.1f} s of curves and checkpoint)")
         if model == fit["model"]:
             final = PAPER_TRIALS * PAPER_TEST * fit["final_eval_per_row_s"] / 3600
             hours += final
