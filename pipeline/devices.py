@@ -27,7 +27,8 @@ def native_bf16(device: torch.device) -> bool:
     emulates bf16, and a matmul is 7-80x slower than in fp32 (measured on an AMD EPYC with
     AVX2 only; docs/scale.md)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        # a GPU before Ampere emulates bf16, which torch counts unless told not to
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
         probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
         return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
@@ -38,11 +39,12 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of a `precision` setting, one rule for every stage: bf16 is
     bfloat16, fp32 none, auto bfloat16 where `device` computes it natively (`native_bf16`)
     and none elsewhere. bf16 asked for where it is emulated is honoured, with one warning."""
-    if precision == "bf16" and not native_bf16(device):
+    if precision == "fp32":
+        return None
+    native = native_bf16(device)
+    if precision == "bf16" and not native:
         _warn_emulated(device.type)
-    if precision == "bf16" or (precision == "auto" and native_bf16(device)):
-        return torch.bfloat16
-    return None
+    return torch.bfloat16 if precision == "bf16" or native else None
 
 
 @functools.cache
